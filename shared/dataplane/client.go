@@ -1,0 +1,133 @@
+package dataplane
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+)
+
+// ErrConnectionLost is returned for requests in flight when the command
+// plugin goes away (crash, restart): the caller answers them with an error
+// and redials for the next one.
+var ErrConnectionLost = errors.New("the command plugin went away while running the command")
+
+type result struct {
+	resp *pb.RunResponse
+	err  error
+}
+
+// Client multiplexes requests to one command plugin over one connection.
+type Client struct {
+	conn net.Conn
+
+	wmu      sync.Mutex
+	wscratch []byte
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan result
+	err     error
+	done    chan struct{}
+}
+
+// Dial connects to the data plane socket of a command plugin.
+func Dial(ctx context.Context, socket string) (*Client, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: dial %s: %w", socket, err)
+	}
+	c := &Client{conn: conn, pending: make(map[uint64]chan result), done: make(chan struct{})}
+	go c.readLoop()
+	return c, nil
+}
+
+// Done is closed when the connection is lost.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Close drops the connection; pending calls fail.
+func (c *Client) Close() error {
+	return c.conn.Close()
+}
+
+// Call sends req (its Id is assigned here) and waits for the response.
+func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, error) {
+	ch := make(chan result, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, c.err
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = ch
+	c.mu.Unlock()
+
+	req.Id = id
+	blob := req.Blob
+	req.Blob = nil
+	c.wmu.Lock()
+	var err error
+	c.wscratch, err = writeFrame(c.conn, req, blob, c.wscratch)
+	c.wmu.Unlock()
+	req.Blob = blob
+	if err != nil {
+		c.conn.Close()
+		c.forget(id)
+		return nil, fmt.Errorf("%w: %v", ErrConnectionLost, err)
+	}
+	select {
+	case r := <-ch:
+		return r.resp, r.err
+	case <-ctx.Done():
+		c.forget(id)
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Client) forget(id uint64) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+func (c *Client) readLoop() {
+	r := bufio.NewReaderSize(c.conn, 64<<10)
+	var scratch []byte
+	for {
+		resp := &pb.RunResponse{}
+		var blob []byte
+		var err error
+		scratch, blob, err = readFrame(r, resp, scratch)
+		if err != nil {
+			c.fail(fmt.Errorf("%w (%v)", ErrConnectionLost, err))
+			return
+		}
+		resp.Blob = blob
+		c.mu.Lock()
+		ch := c.pending[resp.Id]
+		delete(c.pending, resp.Id)
+		c.mu.Unlock()
+		if ch != nil {
+			ch <- result{resp: resp}
+		}
+	}
+}
+
+func (c *Client) fail(err error) {
+	c.conn.Close()
+	c.mu.Lock()
+	c.err = err
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	for _, ch := range pending {
+		ch <- result{err: err}
+	}
+	close(c.done)
+}

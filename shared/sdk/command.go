@@ -1,0 +1,230 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/guest-agent/guest-agent/shared/dataplane"
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+)
+
+// Command is one command a command plugin serves.
+type Command struct {
+	Name        string
+	Description string
+	// ArgsSchema is a JSON schema of the arguments, shown by tools.
+	ArgsSchema string
+	// NoSuccessResponse: the command sends nothing back when it succeeds
+	// (guest-shutdown, guest-suspend-*).
+	NoSuccessResponse bool
+	// BlobArg names an argument carrying base64 data (e.g. "buf-b64"): the
+	// parser decodes it and the handler finds raw bytes in Call.Blob.
+	BlobArg string
+	// BlobResult names a result member filled from Reply.Blob, base64-encoded
+	// by the parser.
+	BlobResult string
+	// AllowedWhileFrozen lets the command run while filesystems are frozen.
+	AllowedWhileFrozen bool
+	Handler            func(ctx context.Context, call *Call) (any, error)
+}
+
+// Call is one invocation of a command.
+type Call struct {
+	Command string
+	Args    json.RawMessage
+	Blob    []byte
+	Caller  *pb.Caller
+}
+
+// Decode decodes the arguments with qemu-ga's validation (see DecodeArgs).
+func (c *Call) Decode(v any) error { return DecodeArgs(c.Args, v) }
+
+// Reply is what a handler returns when it has more to say than a JSON value.
+type Reply struct {
+	Value       any
+	Blob        []byte // goes into Command.BlobResult as base64
+	NoResponse  bool   // success without a reply
+	FreezeState pb.FreezeState
+}
+
+// Config is given to a command plugin before its first command.
+type Config struct {
+	Options  json.RawMessage // the plugin's block of the agent configuration
+	StateDir string          // private, persistent state directory
+	Logger   hclog.Logger
+}
+
+// DecodeOptions decodes the plugin's options, refusing unknown ones.
+func (c Config) DecodeOptions(v any) error {
+	if len(c.Options) == 0 || string(c.Options) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(c.Options, v); err != nil {
+		return fmt.Errorf("plugin options: %w", err)
+	}
+	return nil
+}
+
+// CommandPlugin is a plugin that serves commands.
+type CommandPlugin struct {
+	Name     string
+	Version  string
+	Commands []Command
+	// Configure, if set, runs once before any command with the plugin's
+	// options; an error stops the plugin.
+	Configure func(cfg Config) error
+	// Health, if set, reports the plugin's health.
+	Health func() error
+	Logger hclog.Logger
+
+	once  sync.Once
+	index map[string]*Command
+}
+
+func (p *CommandPlugin) init() {
+	p.once.Do(func() {
+		if p.Logger == nil {
+			p.Logger = NewLogger(p.Name)
+		}
+		p.index = make(map[string]*Command, len(p.Commands))
+		for i := range p.Commands {
+			p.index[p.Commands[i].Name] = &p.Commands[i]
+		}
+	})
+}
+
+// Info describes the plugin as the common Info call does.
+func (p *CommandPlugin) Info() *pb.InfoResponse {
+	p.init()
+	info := &pb.InfoResponse{Name: p.Name, Version: p.Version, Kind: pb.Kind_KIND_COMMAND}
+	for _, c := range p.Commands {
+		info.Commands = append(info.Commands, &pb.CommandSpec{
+			Name:               c.Name,
+			Description:        c.Description,
+			ArgsSchema:         c.ArgsSchema,
+			SuccessResponse:    !c.NoSuccessResponse,
+			BlobArg:            c.BlobArg,
+			BlobResult:         c.BlobResult,
+			AllowedWhileFrozen: c.AllowedWhileFrozen,
+		})
+	}
+	return info
+}
+
+// Run runs one request in this process. The data plane and the gRPC Run call
+// both end here; tests of a plugin's handlers may call it directly.
+func (p *CommandPlugin) Run(ctx context.Context, req *pb.RunRequest) (resp *pb.RunResponse) {
+	p.init()
+	resp = &pb.RunResponse{Id: req.Id}
+	cmd := p.index[req.Command]
+	if cmd == nil {
+		resp.Error = &pb.Error{Class: ClassCommandNotFound, Desc: fmt.Sprintf("The command %s has not been found", req.Command)}
+		return resp
+	}
+	if req.DeadlineUnixNano > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, time.Unix(0, req.DeadlineUnixNano))
+		defer cancel()
+	}
+	defer func() {
+		// A bug in one command must not take the plugin down with the other
+		// requests it is serving.
+		if r := recover(); r != nil {
+			p.Logger.Error("command panicked", "command", req.Command, "panic", r, "stack", string(debug.Stack()))
+			resp = &pb.RunResponse{Id: req.Id, Error: &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("internal error in %s: %v", req.Command, r)}}
+		}
+	}()
+	out, err := cmd.Handler(ctx, &Call{Command: req.Command, Args: req.ArgsJson, Blob: req.Blob, Caller: req.Caller})
+	if err != nil {
+		resp.Error = toProtoError(err)
+		return resp
+	}
+	if r, ok := out.(*Reply); ok {
+		resp.Blob = r.Blob
+		resp.NoResponse = r.NoResponse
+		resp.FreezeState = r.FreezeState
+		out = r.Value
+	}
+	if out == nil {
+		resp.ResultJson = []byte("{}")
+		return resp
+	}
+	if raw, ok := out.(json.RawMessage); ok {
+		resp.ResultJson = raw
+		return resp
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		resp.Error = &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("encode result of %s: %v", req.Command, err)}
+		return resp
+	}
+	resp.ResultJson = b
+	return resp
+}
+
+// ServeCommands runs the command plugin until the supervisor stops it.
+func ServeCommands(p *CommandPlugin) {
+	p.init()
+	srv := &commandServer{p: p}
+	serve(p.Logger, func(s *grpc.Server, _ *plugin.GRPCBroker) {
+		pb.RegisterPluginServer(s, &baseServer{info: p.Info(), health: p.Health})
+		pb.RegisterCommandServer(s, srv)
+	})
+}
+
+type commandServer struct {
+	pb.UnimplementedCommandServer
+	p          *CommandPlugin
+	mu         sync.Mutex
+	configured bool
+}
+
+func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandRequest) (*pb.ConfigureCommandResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.configured {
+		return nil, fmt.Errorf("%s: already configured", s.p.Name)
+	}
+	if req.StateDir != "" {
+		if err := os.MkdirAll(req.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("%s: state directory: %w", s.p.Name, err)
+		}
+	}
+	if s.p.Configure != nil {
+		cfg := Config{Options: req.OptionsJson, StateDir: req.StateDir, Logger: s.p.Logger}
+		if err := s.p.Configure(cfg); err != nil {
+			return nil, fmt.Errorf("%s: configure: %w", s.p.Name, err)
+		}
+	}
+	if req.DataplaneSocket != "" {
+		_ = os.Remove(req.DataplaneSocket)
+		ln, err := net.Listen("unix", req.DataplaneSocket)
+		if err != nil {
+			return nil, fmt.Errorf("%s: data plane: %w", s.p.Name, err)
+		}
+		if err := os.Chmod(req.DataplaneSocket, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("%s: data plane: %w", s.p.Name, err)
+		}
+		go func() {
+			if err := dataplane.Serve(context.Background(), ln, s.p.Run, s.p.Logger); err != nil {
+				s.p.Logger.Error("data plane stopped", "error", err)
+			}
+		}()
+	}
+	s.configured = true
+	return &pb.ConfigureCommandResponse{}, nil
+}
+
+func (s *commandServer) Run(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, error) {
+	return s.p.Run(ctx, req), nil
+}

@@ -1,0 +1,723 @@
+package sdk
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/guest-agent/guest-agent/shared/dataplane"
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/session"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+)
+
+// Core commands are answered by the parser process that read the request,
+// from the table the supervisor configured, so they never cross a process
+// boundary (the ping latency bar depends on it).
+var coreCommands = []string{"guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"}
+
+// Default limits, used when the supervisor sends zero.
+const (
+	DefaultMaxRequestBytes  = 64 << 20 // qemu-ga's limit for one request
+	DefaultCommandTimeout   = 10 * time.Minute
+	DefaultMaxSessions      = 64
+	DefaultMaxInFlight      = 64
+	pluginRestartWaitBudget = 10 * time.Second
+)
+
+// ServeParser runs the parser plugin until the supervisor stops it.
+func ServeParser(p *ParserPlugin) {
+	if p.Logger == nil {
+		p.Logger = NewLogger(p.Name)
+	}
+	info := &pb.InfoResponse{Name: p.Name, Version: p.Version, Kind: pb.Kind_KIND_PARSER}
+	for _, d := range p.Dialects {
+		info.Dialects = append(info.Dialects, d.Name())
+	}
+	serve(p.Logger, func(s *grpc.Server, broker *plugin.GRPCBroker) {
+		pb.RegisterPluginServer(s, &baseServer{info: info})
+		pb.RegisterParserServer(s, NewParserEngine(p, broker))
+	})
+}
+
+// ParserEngine runs the sessions of every channel for a parser plugin.
+type ParserEngine struct {
+	pb.UnimplementedParserServer
+	plugin *ParserPlugin
+	broker *plugin.GRPCBroker
+	logger hclog.Logger
+
+	frozen atomic.Bool
+
+	mu       sync.RWMutex
+	cfg      *pb.ConfigureParserRequest
+	limits   resolvedLimits
+	routes   map[string]*pb.Route
+	channels map[string]*channelState
+	plugins  map[string]*pluginConn
+	host     pb.HostClient
+	inboxes  []*session.Inbox
+}
+
+type resolvedLimits struct {
+	maxRequest     int64
+	commandTimeout time.Duration
+	maxSessions    int64
+	maxInFlight    int64
+}
+
+type channelState struct {
+	cfg      *pb.ChannelConfig
+	dialect  Dialect
+	allow    map[string]bool
+	block    map[string]bool
+	sessions atomic.Int64
+}
+
+func (c *channelState) enabled(command string) bool {
+	if c.block[command] {
+		return false
+	}
+	if len(c.allow) > 0 && !c.allow[command] {
+		return false
+	}
+	return true
+}
+
+// NewParserEngine returns an engine for p; broker may be nil (tests).
+func NewParserEngine(p *ParserPlugin, broker *plugin.GRPCBroker) *ParserEngine {
+	return &ParserEngine{plugin: p, broker: broker, logger: p.Logger, plugins: map[string]*pluginConn{}}
+}
+
+func (e *ParserEngine) dialect(name string) Dialect {
+	for _, d := range e.plugin.Dialects {
+		if d.Name() == name {
+			return d
+		}
+	}
+	return nil
+}
+
+// Configure installs channels and routes and opens one inbox per channel.
+// Called again (after a command plugin restart or a configuration reload) it
+// replaces the routes; channels keep their inboxes.
+func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserRequest) (*pb.ConfigureParserResponse, error) {
+	routes := make(map[string]*pb.Route, len(req.Routes))
+	for _, r := range req.Routes {
+		routes[r.Command] = r
+	}
+	lim := resolvedLimits{
+		maxRequest:     orDefault(req.GetLimits().GetMaxRequestBytes(), DefaultMaxRequestBytes),
+		commandTimeout: time.Duration(orDefault(req.GetLimits().GetCommandTimeoutMs(), int64(DefaultCommandTimeout/time.Millisecond))) * time.Millisecond,
+		maxSessions:    orDefault(req.GetLimits().GetMaxSessions(), DefaultMaxSessions),
+		maxInFlight:    orDefault(req.GetLimits().GetMaxInFlight(), DefaultMaxInFlight),
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.host == nil && req.HostBrokerId != 0 && e.broker != nil {
+		conn, err := e.broker.Dial(req.HostBrokerId)
+		if err != nil {
+			return nil, fmt.Errorf("parser: dial host service: %w", err)
+		}
+		e.host = pb.NewHostClient(conn)
+	}
+	e.cfg, e.routes, e.limits = req, routes, lim
+	for _, r := range req.Routes {
+		if pc, ok := e.plugins[r.Plugin]; ok {
+			pc.setSocket(r.DataplaneSocket)
+		} else {
+			e.plugins[r.Plugin] = &pluginConn{name: r.Plugin, socket: r.DataplaneSocket, engine: e}
+		}
+	}
+	resp := &pb.ConfigureParserResponse{}
+	if e.channels != nil {
+		for _, c := range req.Channels {
+			if st, ok := e.channels[c.Name]; ok {
+				st.cfg, st.allow, st.block = c, toSet(c.Allow), toSet(c.Block)
+			}
+		}
+		return resp, nil
+	}
+	e.channels = map[string]*channelState{}
+	for _, c := range req.Channels {
+		d := e.dialect(c.Dialect)
+		if d == nil {
+			return nil, fmt.Errorf("parser: channel %s: dialect %q is not served by %s", c.Name, c.Dialect, e.plugin.Name)
+		}
+		st := &channelState{cfg: c, dialect: d, allow: toSet(c.Allow), block: toSet(c.Block)}
+		e.channels[c.Name] = st
+		if req.InboxDir == "" {
+			continue
+		}
+		path := filepath.Join(req.InboxDir, c.Name+".in")
+		in, err := session.ListenInbox(path)
+		if err != nil {
+			return nil, fmt.Errorf("parser: channel %s: %w", c.Name, err)
+		}
+		e.inboxes = append(e.inboxes, in)
+		go e.acceptFeeds(in, st)
+		resp.Inboxes = append(resp.Inboxes, &pb.Inbox{Channel: c.Name, Socket: path})
+	}
+	return resp, nil
+}
+
+func orDefault(v, def int64) int64 {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+func toSet(names []string) map[string]bool {
+	if len(names) == 0 {
+		return nil
+	}
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
+// ParseRequest answers one whole request (the seed's parse_request).
+func (e *ParserEngine) ParseRequest(ctx context.Context, req *pb.ParseRequestRequest) (*pb.ParseRequestResponse, error) {
+	d := e.dialect(req.Dialect)
+	if d == nil {
+		return nil, fmt.Errorf("parser: dialect %q is not served", req.Dialect)
+	}
+	st := &channelState{cfg: &pb.ChannelConfig{Name: "parse-request", Dialect: req.Dialect}, dialect: d}
+	caller := req.Caller
+	if caller == nil {
+		caller = &pb.Caller{Channel: st.cfg.Name, Dialect: req.Dialect, PeerPid: -1}
+	}
+	return &pb.ParseRequestResponse{Response: d.HandleMessage(ctx, e.newDispatcher(st, caller), req.Request)}, nil
+}
+
+func (e *ParserEngine) acceptFeeds(in *session.Inbox, st *channelState) {
+	for {
+		feed, err := in.Accept()
+		if err != nil {
+			return
+		}
+		go e.serveFeed(feed, st)
+	}
+}
+
+// serveFeed receives sessions and host events from one exchange connection.
+func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
+	defer feed.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // the exchange went away: its sessions end with it
+	persistent := map[string]*StreamSession{}
+	for {
+		ev, f, err := feed.Next()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				e.logger.Debug("inbox feed ended", "channel", st.cfg.Name, "error", err)
+			}
+			return
+		}
+		switch ev.Type {
+		case session.EventHandoff:
+			if st.sessions.Load() >= e.limits.maxSessions {
+				e.logger.Warn("session refused: too many sessions", "channel", st.cfg.Name, "limit", e.limits.maxSessions, "origin", ev.Origin)
+				f.Close()
+				continue
+			}
+			caller := &pb.Caller{Channel: st.cfg.Name, Dialect: st.cfg.Dialect, PeerPid: -1, PeerUid: -1, PeerGid: -1}
+			if ev.Peer != nil {
+				caller.PeerPid, caller.PeerUid, caller.PeerGid = ev.Peer.PID, ev.Peer.UID, ev.Peer.GID
+			}
+			if ev.Kind == session.KindMessages {
+				go e.serveMessages(ctx, st, f, caller)
+				continue
+			}
+			s := e.newStreamSession(st, f, caller, ev)
+			if ev.Persistent {
+				if old := persistent[ev.Session]; old != nil {
+					old.cancel()
+				}
+				persistent[ev.Session] = s
+			}
+			go e.serveStream(ctx, st, s)
+		case session.EventHostConnected, session.EventHostDisconnected:
+			if s := persistent[ev.Session]; s != nil {
+				s.hostEvent(ev.Type == session.EventHostConnected)
+			}
+		}
+	}
+}
+
+func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *StreamSession) {
+	st.sessions.Add(1)
+	defer st.sessions.Add(-1)
+	ctx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		s.file.Close() // unblocks the dialect's read
+	}()
+	e.logger.Debug("session started", "channel", st.cfg.Name, "origin", s.origin)
+	if err := st.dialect.ServeStream(ctx, s); err != nil && ctx.Err() == nil {
+		e.logger.Debug("session ended", "channel", st.cfg.Name, "origin", s.origin, "error", err)
+	}
+	s.wait()
+}
+
+func (e *ParserEngine) serveMessages(ctx context.Context, st *channelState, f *os.File, caller *pb.Caller) {
+	mc, err := session.NewMessageConn(f)
+	f.Close()
+	if err != nil {
+		e.logger.Error("message session refused", "channel", st.cfg.Name, "error", err)
+		return
+	}
+	defer mc.Close()
+	go func() {
+		<-ctx.Done()
+		mc.Close()
+	}()
+	d := e.newDispatcher(st, caller)
+	sem := make(chan struct{}, e.limits.maxInFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		id, payload, err := mc.Read()
+		if err != nil {
+			return
+		}
+		req := append([]byte(nil), payload...)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if reply := st.dialect.HandleMessage(ctx, d, req); reply != nil {
+				if err := mc.Write(id, reply); err != nil {
+					e.logger.Warn("reply lost", "channel", st.cfg.Name, "error", err)
+				}
+			}
+		}()
+	}
+}
+
+// dispatcher implements Dispatcher for one session.
+type dispatcher struct {
+	e      *ParserEngine
+	st     *channelState
+	caller *pb.Caller
+}
+
+func (e *ParserEngine) newDispatcher(st *channelState, caller *pb.Caller) *dispatcher {
+	return &dispatcher{e: e, st: st, caller: caller}
+}
+
+func (d *dispatcher) Caller() *pb.Caller   { return d.caller }
+func (d *dispatcher) Logger() hclog.Logger { return d.e.logger }
+
+func (d *dispatcher) AgentVersion() string {
+	d.e.mu.RLock()
+	defer d.e.mu.RUnlock()
+	if d.e.cfg == nil || d.e.cfg.AgentVersion == "" {
+		return "unknown"
+	}
+	return d.e.cfg.AgentVersion
+}
+
+func (d *dispatcher) Commands() []CommandInfo {
+	d.e.mu.RLock()
+	defer d.e.mu.RUnlock()
+	out := make([]CommandInfo, 0, len(d.e.routes)+len(coreCommands))
+	for _, c := range coreCommands {
+		out = append(out, CommandInfo{Name: c, Enabled: d.st.enabled(c), SuccessResponse: true})
+	}
+	for _, r := range d.e.routes {
+		out = append(out, CommandInfo{Name: r.Command, Enabled: r.Enabled && d.st.enabled(r.Command), SuccessResponse: r.GetSpec().GetSuccessResponse()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func errOutcome(class, format string, args ...any) *Outcome {
+	return &Outcome{Err: &pb.Error{Class: class, Desc: fmt.Sprintf(format, args...)}}
+}
+
+// Dispatch runs one command.
+func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.RawMessage) *Outcome {
+	d.e.mu.RLock()
+	route := d.e.routes[command]
+	timeout := d.e.limits.commandTimeout
+	d.e.mu.RUnlock()
+
+	core := isCore(command)
+	if !core && route == nil {
+		return errOutcome(ClassCommandNotFound, "The command %s has not been found", command)
+	}
+	if !d.st.enabled(command) || (route != nil && !route.Enabled) {
+		return errOutcome(ClassCommandNotFound, "Command %s has been disabled", command)
+	}
+	if core {
+		return d.core(command, args)
+	}
+	spec := route.GetSpec()
+	if d.e.frozen.Load() && !spec.GetAllowedWhileFrozen() {
+		return errOutcome(ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command)
+	}
+	req := &pb.RunRequest{Command: command, ArgsJson: args, Caller: d.caller}
+	if len(req.ArgsJson) == 0 {
+		req.ArgsJson = []byte("{}")
+	}
+	if spec.GetBlobArg() != "" {
+		if o := extractBlobArg(req, spec.BlobArg); o != nil {
+			return o
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req.DeadlineUnixNano = time.Now().Add(timeout).UnixNano()
+	resp, err := d.e.call(ctx, route.Plugin, req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return errOutcome(ClassGenericError, "command %s timed out after %s", command, timeout)
+		}
+		return errOutcome(ClassGenericError, "command %s failed: %v", command, err)
+	}
+	switch resp.FreezeState {
+	case pb.FreezeState_FREEZE_STATE_FROZEN:
+		d.e.frozen.Store(true)
+	case pb.FreezeState_FREEZE_STATE_THAWED:
+		d.e.frozen.Store(false)
+	}
+	if resp.Error != nil {
+		return &Outcome{Err: resp.Error}
+	}
+	o := &Outcome{Result: resp.ResultJson, NoResponse: resp.NoResponse}
+	if spec.GetBlobResult() != "" {
+		o.Blob, o.BlobField = resp.Blob, spec.BlobResult
+		if o.Blob == nil {
+			o.Blob = []byte{}
+		}
+	}
+	return o
+}
+
+func isCore(command string) bool {
+	for _, c := range coreCommands {
+		if c == command {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *dispatcher) core(command string, args json.RawMessage) *Outcome {
+	switch command {
+	case "guest-ping":
+		var none struct{}
+		if err := DecodeArgs(args, &none); err != nil {
+			return &Outcome{Err: toProtoError(err)}
+		}
+		return &Outcome{Result: json.RawMessage(`{}`)}
+	case "guest-sync", "guest-sync-delimited":
+		var a struct {
+			ID int64 `json:"id"`
+		}
+		if err := DecodeArgs(args, &a); err != nil {
+			return &Outcome{Err: toProtoError(err)}
+		}
+		return &Outcome{Result: json.RawMessage(fmt.Sprint(a.ID))}
+	default: // guest-info
+		var none struct{}
+		if err := DecodeArgs(args, &none); err != nil {
+			return &Outcome{Err: toProtoError(err)}
+		}
+		type entry struct {
+			Enabled         bool   `json:"enabled"`
+			Name            string `json:"name"`
+			SuccessResponse bool   `json:"success-response"`
+		}
+		cmds := d.Commands()
+		list := make([]entry, len(cmds))
+		for i, c := range cmds {
+			list[i] = entry{c.Enabled, c.Name, c.SuccessResponse}
+		}
+		b, _ := json.Marshal(struct {
+			Version           string  `json:"version"`
+			SupportedCommands []entry `json:"supported_commands"`
+		}{d.AgentVersion(), list})
+		return &Outcome{Result: b}
+	}
+}
+
+// extractBlobArg moves a base64 argument out of the JSON into req.Blob,
+// decoded strictly, so the command plugin receives raw bytes.
+func extractBlobArg(req *pb.RunRequest, member string) *Outcome {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(req.ArgsJson, &m); err != nil {
+		return errOutcome(ClassGenericError, "QMP input member 'arguments' must be an object")
+	}
+	raw, ok := m[member]
+	if !ok {
+		return nil // the plugin reports the missing parameter
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return errOutcome(ClassGenericError, "Invalid parameter type for '%s', expected: string", member)
+	}
+	blob, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return errOutcome(ClassGenericError, "Invalid base64 data")
+	}
+	delete(m, member)
+	args, _ := json.Marshal(m)
+	req.ArgsJson, req.Blob = args, blob
+	return nil
+}
+
+// call runs req on the named plugin's data plane, dialling (and asking the
+// supervisor to start the plugin) when needed.
+func (e *ParserEngine) call(ctx context.Context, pluginName string, req *pb.RunRequest) (*pb.RunResponse, error) {
+	e.mu.RLock()
+	pc := e.plugins[pluginName]
+	e.mu.RUnlock()
+	if pc == nil {
+		return nil, fmt.Errorf("no route to plugin %s", pluginName)
+	}
+	c, err := pc.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Call(ctx, req)
+	if errors.Is(err, dataplane.ErrConnectionLost) {
+		return nil, fmt.Errorf("plugin %s exited while running the command; it is being restarted", pluginName)
+	}
+	return resp, err
+}
+
+type pluginConn struct {
+	name   string
+	engine *ParserEngine
+
+	mu     sync.Mutex
+	socket string
+	conn   *dataplane.Client
+}
+
+func (pc *pluginConn) setSocket(socket string) {
+	pc.mu.Lock()
+	pc.socket = socket
+	pc.mu.Unlock()
+}
+
+func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.conn != nil {
+		select {
+		case <-pc.conn.Done():
+			pc.conn = nil
+		default:
+			return pc.conn, nil
+		}
+	}
+	deadline := time.Now().Add(pluginRestartWaitBudget)
+	for {
+		if pc.socket != "" {
+			c, err := dataplane.Dial(ctx, pc.socket)
+			if err == nil {
+				pc.conn = c
+				return c, nil
+			}
+		}
+		// Not running (lazy start) or being restarted: ask the supervisor,
+		// which starts it or waits for its restart.
+		host := pc.engine.hostClient()
+		if host == nil {
+			return nil, fmt.Errorf("plugin %s is not running", pc.name)
+		}
+		resp, err := host.EnsureStarted(ctx, &pb.EnsureStartedRequest{Plugin: pc.name})
+		if err == nil {
+			pc.socket = resp.DataplaneSocket
+			c, err := dataplane.Dial(ctx, pc.socket)
+			if err == nil {
+				pc.conn = c
+				return c, nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("plugin %s is not available: %v", pc.name, err)
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (e *ParserEngine) hostClient() pb.HostClient {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.host
+}
+
+// StreamSession is one byte-stream session given to Dialect.ServeStream.
+type StreamSession struct {
+	*dispatcher
+	file       *os.File
+	origin     string
+	persistent bool
+	cancel     context.CancelFunc
+
+	wmu sync.Mutex
+
+	hostMu    sync.Mutex
+	hostUp    bool
+	hostGen   uint64
+	hostCh    chan struct{} // closed and replaced on every host event
+	lastGen   uint64
+	inflight  chan struct{}
+	wg        sync.WaitGroup
+	queuesMu  sync.Mutex
+	queues    map[string]chan func()
+	maxReqLen int64
+}
+
+func (e *ParserEngine) newStreamSession(st *channelState, f *os.File, caller *pb.Caller, ev session.Event) *StreamSession {
+	e.mu.RLock()
+	lim := e.limits
+	e.mu.RUnlock()
+	return &StreamSession{
+		dispatcher: e.newDispatcher(st, caller),
+		file:       f,
+		origin:     ev.Origin,
+		persistent: ev.Persistent,
+		hostUp:     true,
+		hostCh:     make(chan struct{}),
+		inflight:   make(chan struct{}, lim.maxInFlight),
+		queues:     map[string]chan func(){},
+		maxReqLen:  lim.maxRequest,
+		cancel:     func() {},
+	}
+}
+
+// Read reads from the session.
+func (s *StreamSession) Read(p []byte) (int, error) { return s.file.Read(p) }
+
+// Write writes one whole reply; replies from concurrent commands never
+// interleave.
+func (s *StreamSession) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.file.Write(p)
+}
+
+// MaxRequestBytes is the configured limit on one request.
+func (s *StreamSession) MaxRequestBytes() int64 { return s.maxReqLen }
+
+// Persistent reports whether the session outlives host disconnects
+// (virtio-serial): on EOF call WaitHost instead of ending.
+func (s *StreamSession) Persistent() bool { return s.persistent }
+
+// WaitHost blocks after an EOF on a persistent session until the host may be
+// back. It returns at once when a host event arrived since the last call,
+// so an EOF can never turn into a busy loop and a reconnect is never missed.
+func (s *StreamSession) WaitHost(ctx context.Context) error {
+	for {
+		s.hostMu.Lock()
+		if s.hostGen != s.lastGen && s.hostUp {
+			s.lastGen = s.hostGen
+			s.hostMu.Unlock()
+			return nil
+		}
+		s.lastGen = s.hostGen
+		ch := s.hostCh
+		s.hostMu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *StreamSession) hostEvent(up bool) {
+	s.hostMu.Lock()
+	s.hostUp = up
+	s.hostGen++
+	close(s.hostCh)
+	s.hostCh = make(chan struct{})
+	s.hostMu.Unlock()
+}
+
+// Go runs a command without blocking the session's reader: core commands run
+// at once in the caller; commands of one plugin run one after another in the
+// order they arrived (a pipelining client's writes to one file stay in
+// order), and different plugins run side by side, so a slow command never
+// holds up a ping. done receives the outcome. Go blocks while the session has
+// its limit of commands in flight.
+func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMessage, done func(*Outcome)) {
+	if isCore(command) {
+		done(s.Dispatch(ctx, command, args))
+		return
+	}
+	s.e.mu.RLock()
+	route := s.e.routes[command]
+	s.e.mu.RUnlock()
+	key := ""
+	if route != nil {
+		key = route.Plugin
+	}
+	select {
+	case s.inflight <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	s.wg.Add(1)
+	job := func() {
+		defer func() { <-s.inflight; s.wg.Done() }()
+		done(s.Dispatch(ctx, command, args))
+	}
+	s.queuesMu.Lock()
+	q := s.queues[key]
+	if q == nil {
+		q = make(chan func(), cap(s.inflight))
+		s.queues[key] = q
+		go func() {
+			for {
+				select {
+				case job := <-q:
+					job()
+				case <-ctx.Done():
+					// drain what was queued so wait() returns
+					for {
+						select {
+						case job := <-q:
+							job()
+						default:
+							return
+						}
+					}
+				}
+			}
+		}()
+	}
+	s.queuesMu.Unlock()
+	q <- job
+}
+
+// wait waits for commands still running when the session ends.
+func (s *StreamSession) wait() { s.wg.Wait() }
+
+// Origin describes where the session comes from, for logs.
+func (s *StreamSession) Origin() string { return s.origin }

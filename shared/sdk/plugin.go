@@ -1,0 +1,156 @@
+// Package sdk is what a plugin author imports: one interface and one Serve
+// call per plugin kind (command, exchange, parser). Plugins run as their own
+// processes, launched by the guest-agent supervisor through
+// github.com/hashicorp/go-plugin over gRPC.
+package sdk
+
+import (
+	"context"
+	"os"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+)
+
+// ProtocolVersion is the plugin protocol this SDK speaks
+// (proto/guestagent/v1). A breaking change adds version 2 beside it and the
+// supervisor negotiates through go-plugin's VersionedPlugins.
+const ProtocolVersion = 1
+
+// Handshake is the go-plugin handshake shared by the supervisor and every
+// plugin: a plugin binary started by hand refuses to run and says why.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "GUEST_AGENT_PLUGIN",
+	MagicCookieValue: "d7a1c1e0-4b8e-4a7b-9f0e-guest-agent",
+}
+
+// PluginName is the single go-plugin plugin every binary serves; its kind is
+// told by the common Info call.
+const PluginName = "guestagent"
+
+// MaxMessageBytes raises gRPC's 4 MiB default on both sides: file reads reach
+// 48 MiB, and a request may be 64 MiB.
+const MaxMessageBytes = 128 << 20
+
+// GRPCPlugin glues a plugin's gRPC services into go-plugin. The supervisor
+// uses it with a nil Register (client side).
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Register func(s *grpc.Server, broker *plugin.GRPCBroker)
+}
+
+// GRPCServer registers the plugin's services.
+func (p *GRPCPlugin) GRPCServer(broker *plugin.GRPCBroker, s *grpc.Server) error {
+	p.Register(s, broker)
+	return nil
+}
+
+// Clients are the typed clients of one plugin, as seen by the supervisor.
+type Clients struct {
+	Base     pb.PluginClient
+	Command  pb.CommandClient
+	Exchange pb.ExchangeClient
+	Parser   pb.ParserClient
+	Broker   *plugin.GRPCBroker
+}
+
+// GRPCClient returns the clients; which typed one applies depends on Info.
+func (p *GRPCPlugin) GRPCClient(_ context.Context, broker *plugin.GRPCBroker, cc *grpc.ClientConn) (interface{}, error) {
+	return &Clients{
+		Base:     pb.NewPluginClient(cc),
+		Command:  pb.NewCommandClient(cc),
+		Exchange: pb.NewExchangeClient(cc),
+		Parser:   pb.NewParserClient(cc),
+		Broker:   broker,
+	}, nil
+}
+
+// PluginSets returns the versioned plugin sets for go-plugin.
+func PluginSets(register func(s *grpc.Server, broker *plugin.GRPCBroker)) map[int]plugin.PluginSet {
+	return map[int]plugin.PluginSet{
+		ProtocolVersion: {PluginName: &GRPCPlugin{Register: register}},
+	}
+}
+
+// NewLogger returns the logger a plugin should use: go-plugin forwards its
+// JSON lines on stderr into the supervisor's log with the plugin's name.
+func NewLogger(name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       name,
+		Level:      hclog.Trace,
+		Output:     os.Stderr,
+		JSONFormat: true,
+	})
+}
+
+// serve runs the go-plugin server; it returns when the supervisor is done
+// with the plugin.
+func serve(logger hclog.Logger, register func(s *grpc.Server, broker *plugin.GRPCBroker)) {
+	watchParent(logger)
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: PluginSets(register),
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
+			return grpc.NewServer(opts...)
+		},
+		Logger: logger,
+	})
+}
+
+// watchParent makes the plugin exit when the supervisor dies, even from
+// SIGKILL. The supervisor also sets a parent-death signal, but that one follows
+// the launching thread; a pidfd on the parent is readable exactly when it
+// exits, so this costs no wake-up while the parent lives.
+func watchParent(logger hclog.Logger) {
+	ppid := os.Getppid()
+	if ppid <= 1 {
+		return
+	}
+	fd, err := unix.PidfdOpen(ppid, 0)
+	if err != nil {
+		logger.Debug("no pidfd for the parent; relying on the parent-death signal", "error", err)
+		return
+	}
+	go func() {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(fds, -1)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n > 0 {
+				break
+			}
+		}
+		logger.Info("supervisor exited; plugin stopping")
+		os.Exit(0)
+	}()
+	// The parent may have died between Getppid and PidfdOpen.
+	if os.Getppid() != ppid {
+		os.Exit(0)
+	}
+}
+
+type baseServer struct {
+	pb.UnimplementedPluginServer
+	info   *pb.InfoResponse
+	health func() error
+}
+
+func (b *baseServer) Info(context.Context, *pb.InfoRequest) (*pb.InfoResponse, error) {
+	return b.info, nil
+}
+
+func (b *baseServer) Health(context.Context, *pb.HealthRequest) (*pb.HealthResponse, error) {
+	if b.health != nil {
+		if err := b.health(); err != nil {
+			return &pb.HealthResponse{Healthy: false, Message: err.Error()}, nil
+		}
+	}
+	return &pb.HealthResponse{Healthy: true, Message: "ok"}, nil
+}

@@ -1,0 +1,227 @@
+// Package session hands sessions from exchange plugins to parser plugins.
+//
+// An exchange owns how bytes reach the guest (a virtio-serial port, a unix or
+// vsock listener, XenStore keys); the parser owns what they mean. Rather than
+// relaying every request through gRPC, the exchange passes each session's file
+// descriptor to the parser (SCM_RIGHTS over a SOCK_SEQPACKET "inbox" socket),
+// so the process that decodes a request is the one that reads it and a
+// guest-ping never leaves that process.
+//
+// Two kinds of session exist: a byte stream (the parser reads and writes the
+// descriptor directly) and a message stream, for exchanges whose requests are
+// discrete (XenStore keys): then the descriptor is one end of a SOCK_SEQPACKET
+// pair and each packet is one request or response (see MessageConn).
+package session
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kinds of session.
+const (
+	KindStream   = "stream"
+	KindMessages = "messages"
+)
+
+// Event types sent on an outbox.
+const (
+	// EventHandoff carries a new session and its descriptor.
+	EventHandoff = "handoff"
+	// EventHostConnected and EventHostDisconnected tell the parser that the
+	// peer of a persistent session (a virtio-serial port) came or went, so it
+	// can wait for the host without polling a descriptor that reports HUP.
+	EventHostConnected    = "host-connected"
+	EventHostDisconnected = "host-disconnected"
+)
+
+// Peer identifies the process at the other end of a local socket.
+type Peer struct {
+	PID int32 `json:"pid"`
+	UID int32 `json:"uid"`
+	GID int32 `json:"gid"`
+}
+
+// Event is one message from an exchange to a parser.
+type Event struct {
+	Type    string `json:"type"`
+	Channel string `json:"channel"`
+	Session string `json:"session"`
+	Kind    string `json:"kind,omitempty"`
+	// Persistent sessions (virtio-serial, isa-serial) outlive host
+	// disconnects: on EOF the parser waits for EventHostConnected instead of
+	// closing the session.
+	Persistent bool   `json:"persistent,omitempty"`
+	Peer       *Peer  `json:"peer,omitempty"`
+	Origin     string `json:"origin,omitempty"` // for logs: "unix:/run/qga.sock"
+}
+
+const maxEventLen = 16 << 10
+
+// Outbox is the exchange's end of an inbox connection.
+type Outbox struct {
+	conn *net.UnixConn
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+// DialOutbox connects to a parser's inbox socket.
+func DialOutbox(inbox string) (*Outbox, error) {
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: inbox, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("session: dial inbox %s: %w", inbox, err)
+	}
+	o := &Outbox{conn: conn, done: make(chan struct{})}
+	go func() {
+		// The parser never writes; a read returns when it goes away.
+		var b [1]byte
+		_, _ = conn.Read(b[:])
+		close(o.done)
+	}()
+	return o, nil
+}
+
+// Done is closed when the parser side of the inbox is gone.
+func (o *Outbox) Done() <-chan struct{} { return o.done }
+
+// Close closes the outbox.
+func (o *Outbox) Close() error { return o.conn.Close() }
+
+// Send sends ev, with f's descriptor attached when f is not nil. The caller
+// keeps its own copy of f.
+func (o *Outbox) Send(ev Event, f *os.File) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("session: encode event: %w", err)
+	}
+	var oob []byte
+	if f != nil {
+		oob = unix.UnixRights(int(f.Fd()))
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, _, err := o.conn.WriteMsgUnix(b, oob, nil); err != nil {
+		return fmt.Errorf("session: send %s event: %w", ev.Type, err)
+	}
+	return nil
+}
+
+// Inbox is the parser's listening socket for one channel.
+type Inbox struct {
+	ln *net.UnixListener
+}
+
+// ListenInbox creates the inbox socket at path (removing a stale one) with
+// mode 0600: only the agent's own processes may hand sessions to it.
+func ListenInbox(path string) (*Inbox, error) {
+	_ = os.Remove(path)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("session: listen inbox %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("session: chmod inbox: %w", err)
+	}
+	return &Inbox{ln: ln}, nil
+}
+
+// Accept waits for an exchange to connect.
+func (in *Inbox) Accept() (*Feed, error) {
+	conn, err := in.ln.AcceptUnix()
+	if err != nil {
+		return nil, fmt.Errorf("session: accept on inbox: %w", err)
+	}
+	return &Feed{conn: conn}, nil
+}
+
+// Close stops the inbox.
+func (in *Inbox) Close() error { return in.ln.Close() }
+
+// Feed is the stream of events from one exchange connection.
+type Feed struct {
+	conn *net.UnixConn
+}
+
+// Next returns the next event and, for a handoff, the session's descriptor.
+func (f *Feed) Next() (Event, *os.File, error) {
+	buf := make([]byte, maxEventLen)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := f.conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return Event{}, nil, fmt.Errorf("session: read event: %w", err)
+	}
+	if n == 0 && oobn == 0 {
+		return Event{}, nil, fmt.Errorf("session: exchange closed the inbox: %w", net.ErrClosed)
+	}
+	var file *os.File
+	if oobn > 0 {
+		fds, err := parseRights(oob[:oobn])
+		if err != nil {
+			return Event{}, nil, err
+		}
+		for i, fd := range fds {
+			if i == 0 {
+				file = os.NewFile(uintptr(fd), "session")
+			} else {
+				unix.Close(fd) // never expected; do not leak it
+			}
+		}
+	}
+	var ev Event
+	if err := json.Unmarshal(buf[:n], &ev); err != nil {
+		if file != nil {
+			file.Close()
+		}
+		return Event{}, nil, fmt.Errorf("session: decode event: %w", err)
+	}
+	if ev.Type == EventHandoff && file == nil {
+		return Event{}, nil, errors.New("session: handoff without a descriptor")
+	}
+	return ev, file, nil
+}
+
+// Close closes the feed.
+func (f *Feed) Close() error { return f.conn.Close() }
+
+func parseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("session: parse control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+// PeerOf returns the credentials of the process at the other end of a unix
+// socket connection (SO_PEERCRED).
+func PeerOf(conn *net.UnixConn) (*Peer, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("session: peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("session: peer credentials: %w", err)
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("session: SO_PEERCRED: %w", credErr)
+	}
+	return &Peer{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid)}, nil
+}
