@@ -1,0 +1,167 @@
+// Package config reads the agent's HCL configuration
+// (/etc/guest-agent/agent.hcl) and applies qemu-ga style flags over it.
+package config
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclsimple"
+	"github.com/hashicorp/hcl/v2/hclwrite"
+	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
+)
+
+// DefaultPath is where the configuration is read from unless -c says
+// otherwise; a missing default file is not an error.
+const DefaultPath = "/etc/guest-agent/agent.hcl"
+
+// DefaultPluginDirs are searched after --plugin-dir and the directory of the
+// guest-agent binary.
+var DefaultPluginDirs = []string{"/usr/lib/guest-agent/plugins", "/etc/guest-agent/plugins.d"}
+
+// Config is the whole configuration.
+type Config struct {
+	StateDir   string   `hcl:"state_dir,optional"`
+	PluginDirs []string `hcl:"plugin_dirs,optional"`
+	PidFile    string   `hcl:"pidfile,optional"`
+	LogFile    string   `hcl:"logfile,optional"`
+	LogLevel   string   `hcl:"log_level,optional"`
+	// LazyStart starts command plugins on their first command (default on):
+	// plugins nobody calls cost no memory.
+	LazyStart *bool `hcl:"lazy_start,optional"`
+
+	Limits   *Limits   `hcl:"limits,block"`
+	Channels []Channel `hcl:"channel,block"`
+	Plugins  []Plugin  `hcl:"plugin,block"`
+}
+
+// Limits bound what a host can make the guest allocate.
+type Limits struct {
+	// MaxRequestBytes bounds one request (qemu-ga: 64 MiB).
+	MaxRequestBytes int64 `hcl:"max_request_bytes,optional"`
+	// CommandTimeout bounds one command, e.g. "10m".
+	CommandTimeout string `hcl:"command_timeout,optional"`
+	// MaxSessions bounds concurrent sessions per channel.
+	MaxSessions int64 `hcl:"max_sessions,optional"`
+	// MaxInFlight bounds concurrent commands per session.
+	MaxInFlight int64 `hcl:"max_in_flight,optional"`
+}
+
+// Channel pairs an exchange method with a parser dialect.
+type Channel struct {
+	Name      string    `hcl:"name,label"`
+	Method    string    `hcl:"method"`
+	Path      string    `hcl:"path,optional"`
+	Dialect   string    `hcl:"dialect,optional"`
+	AllowRPCs []string  `hcl:"allow_rpcs,optional"`
+	BlockRPCs []string  `hcl:"block_rpcs,optional"`
+	Options   cty.Value `hcl:"options,optional"`
+}
+
+// Plugin holds per-plugin settings.
+type Plugin struct {
+	Name     string    `hcl:"name,label"`
+	Disabled bool      `hcl:"disabled,optional"`
+	Checksum string    `hcl:"checksum,optional"` // SHA-256, hex: the binary must match
+	Options  cty.Value `hcl:"options,optional"`
+}
+
+// Load reads path; a missing file at the default path yields an empty config.
+func Load(path string, explicit bool) (*Config, error) {
+	cfg := &Config{}
+	if _, err := os.Stat(path); err != nil {
+		if os.IsNotExist(err) && !explicit {
+			return cfg, nil
+		}
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := hclsimple.DecodeFile(path, nil, cfg); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes a configuration from bytes (tests, embedded defaults).
+func Parse(filename string, src []byte) (*Config, error) {
+	cfg := &Config{}
+	if err := hclsimple.Decode(filename, src, nil, cfg); err != nil {
+		return nil, fmt.Errorf("config %s: %w", filename, err)
+	}
+	return cfg, nil
+}
+
+// OptionsJSON converts an HCL options object to JSON for a plugin.
+func OptionsJSON(v cty.Value) ([]byte, error) {
+	if v.IsNull() || !v.IsKnown() {
+		return []byte("{}"), nil
+	}
+	b, err := ctyjson.Marshal(v, v.Type())
+	if err != nil {
+		return nil, fmt.Errorf("options: %w", err)
+	}
+	return b, nil
+}
+
+// WithOption returns options with one more member set (flags such as -F
+// land in a plugin's options this way).
+func WithOption(v cty.Value, key string, val cty.Value) cty.Value {
+	m := map[string]cty.Value{}
+	if !v.IsNull() && v.IsKnown() && (v.Type().IsObjectType() || v.Type().IsMapType()) {
+		for k, e := range v.AsValueMap() {
+			m[k] = e
+		}
+	}
+	m[key] = val
+	return cty.ObjectVal(m)
+}
+
+// PluginByName returns the plugin block for name, creating it if needed.
+func (c *Config) PluginByName(name string) *Plugin {
+	for i := range c.Plugins {
+		if c.Plugins[i].Name == name {
+			return &c.Plugins[i]
+		}
+	}
+	c.Plugins = append(c.Plugins, Plugin{Name: name, Options: cty.NullVal(cty.DynamicPseudoType)})
+	return &c.Plugins[len(c.Plugins)-1]
+}
+
+// CommandTimeout returns the configured command timeout, 0 for the default.
+func (l *Limits) Timeout() (time.Duration, error) {
+	if l == nil || l.CommandTimeout == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(l.CommandTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("limits.command_timeout: %w", err)
+	}
+	return d, nil
+}
+
+// Dump renders the effective configuration as HCL (-D / config dump).
+func (c *Config) Dump() []byte {
+	f := hclwrite.NewEmptyFile()
+	gohcl.EncodeIntoBody(c, f.Body())
+	return f.Bytes()
+}
+
+// Validate checks what HCL cannot.
+func (c *Config) Validate() error {
+	seen := map[string]bool{}
+	for _, ch := range c.Channels {
+		if seen[ch.Name] {
+			return fmt.Errorf("channel %q is declared twice", ch.Name)
+		}
+		seen[ch.Name] = true
+		if ch.Dialect == "" {
+			return fmt.Errorf("channel %q: dialect is required", ch.Name)
+		}
+	}
+	if _, err := c.Limits.Timeout(); err != nil {
+		return err
+	}
+	return nil
+}

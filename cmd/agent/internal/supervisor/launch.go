@@ -1,0 +1,192 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+	"time"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/sdk"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+)
+
+// launcher starts plugin processes from one locked OS thread that lives as
+// long as the supervisor: the parent-death signal of a child follows the
+// thread that forked it, so a Go thread that exits would kill plugins (and a
+// thread that never forked them could not protect them).
+//
+// Launches run in parallel (cold start), each on an idle locked thread of a
+// pool that grows to the largest number of concurrent launches.
+type launcher struct {
+	idle chan chan func()
+}
+
+func newLauncher() *launcher {
+	return &launcher{idle: make(chan chan func(), 64)}
+}
+
+func (l *launcher) do(f func()) {
+	var worker chan func()
+	select {
+	case worker = <-l.idle:
+	default:
+		worker = make(chan func())
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread stays ours
+			for job := range worker {
+				job()
+			}
+		}()
+	}
+	done := make(chan struct{})
+	worker <- func() { f(); close(done) }
+	<-done
+	select {
+	case l.idle <- worker:
+	default:
+		// Pool full: park the thread rather than end it, since its end
+		// would signal the children it forked.
+	}
+}
+
+// running is one live plugin process.
+type running struct {
+	client  *plugin.Client
+	clients *sdk.Clients
+	pid     int
+	exited  chan struct{} // closed when the process is gone
+}
+
+type launchSpec struct {
+	path     string
+	name     string
+	checksum string // hex SHA-256, "" = not pinned
+	sockDir  string
+	logger   hclog.Logger
+}
+
+func (l *launcher) launch(spec launchSpec) (*running, error) {
+	var r *running
+	var err error
+	l.do(func() { r, err = startPlugin(spec) })
+	return r, err
+}
+
+func startPlugin(spec launchSpec) (*running, error) {
+	cmd := exec.Command(spec.path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Pdeathsig: syscall.SIGKILL,
+		// Own process group: a terminal's Ctrl-C reaches the supervisor
+		// only, which then stops plugins in order.
+		Setpgid: true,
+	}
+	cfg := &plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.PluginSets(nil),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		Logger:           spec.logger,
+		StartTimeout:     20 * time.Second,
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: spec.sockDir},
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+	}
+	if spec.checksum != "" {
+		sum, err := hex.DecodeString(spec.checksum)
+		if err != nil {
+			return nil, fmt.Errorf("plugin %s: checksum %q is not hex SHA-256: %w", spec.name, spec.checksum, err)
+		}
+		cfg.SecureConfig = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	}
+	client := plugin.NewClient(cfg)
+	rpc, err := client.Client()
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("start plugin %s (%s): %w", spec.name, spec.path, err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("plugin %s: %w", spec.name, err)
+	}
+	r := &running{client: client, clients: raw.(*sdk.Clients), exited: make(chan struct{})}
+	if rc := client.ReattachConfig(); rc != nil {
+		r.pid = rc.Pid
+	}
+	watchExit(r)
+	return r, nil
+}
+
+// watchExit closes r.exited when the process ends, through a pidfd: no
+// polling, no wake-up while the plugin lives.
+func watchExit(r *running) {
+	fd, err := unix.PidfdOpen(r.pid, 0)
+	if err != nil {
+		go func() {
+			for !r.client.Exited() {
+				time.Sleep(200 * time.Millisecond) // fallback for kernels without pidfd
+			}
+			close(r.exited)
+		}()
+		return
+	}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(fds, -1)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n > 0 {
+				break
+			}
+		}
+		close(r.exited)
+	}()
+}
+
+// info asks a running plugin what it is.
+func (r *running) info(ctx context.Context) (*pb.InfoResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return r.clients.Base.Info(ctx, &pb.InfoRequest{})
+}
+
+// stop ends the plugin: go-plugin asks it to exit, then kills it.
+func (r *running) stop() {
+	r.client.Kill()
+	select {
+	case <-r.exited:
+	case <-time.After(3 * time.Second):
+		_ = syscall.Kill(r.pid, syscall.SIGKILL)
+	}
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,591 @@
+// Package supervisor runs the agent: it discovers plugin binaries, launches
+// them with go-plugin, keeps the command registry, wires channels (an
+// exchange handing sessions to a parser that routes commands to command
+// plugins), restarts crashed plugins with backoff and stops everything on
+// shutdown. It is the control plane: requests do not pass through it.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/guest-agent/guest-agent/cmd/agent/internal/config"
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+)
+
+// Options configure a Supervisor.
+type Options struct {
+	Config     *config.Config
+	PluginDirs []string // searched in order
+	Version    string
+	Logger     hclog.Logger
+}
+
+// Supervisor is one running agent.
+type Supervisor struct {
+	opts     Options
+	logger   hclog.Logger
+	launcher *launcher
+	stateDir string
+	sockDir  string
+	lazy     bool
+
+	mu        sync.Mutex
+	plugins   map[string]*managed
+	routes    []*pb.Route
+	channels  []config.Channel
+	parserOf  map[string]*managed // channel → parser
+	exchOf    map[string]*managed // channel → exchange
+	stopping  bool
+	ctx       context.Context
+	reopening sync.Mutex
+	inboxes   map[string]string // channel → parser inbox socket
+}
+
+// managed is one plugin under supervision.
+type managed struct {
+	found Found
+	info  *pb.InfoResponse
+	cfg   *config.Plugin
+
+	mu        sync.Mutex
+	run       *running
+	dataSock  string
+	crashes   []time.Time
+	nextStart time.Time
+}
+
+// New prepares a supervisor; Run starts it.
+func New(opts Options) *Supervisor {
+	lazy := true
+	if opts.Config.LazyStart != nil {
+		lazy = *opts.Config.LazyStart
+	}
+	return &Supervisor{
+		opts:     opts,
+		logger:   opts.Logger,
+		launcher: newLauncher(),
+		stateDir: opts.Config.StateDir,
+		sockDir:  filepath.Join(opts.Config.StateDir, "s"),
+		lazy:     lazy,
+		plugins:  map[string]*managed{},
+		parserOf: map[string]*managed{},
+		exchOf:   map[string]*managed{},
+		inboxes:  map[string]string{},
+	}
+}
+
+// prepareDirs creates the state directories and sweeps sockets left by a
+// previous run that was killed.
+func (s *Supervisor) Prepare() error {
+	if err := os.MkdirAll(s.stateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := os.RemoveAll(s.sockDir); err != nil {
+		return fmt.Errorf("sweep stale plugin sockets: %w", err)
+	}
+	if err := os.MkdirAll(s.sockDir, 0o700); err != nil {
+		return fmt.Errorf("plugin socket directory: %w", err)
+	}
+	// Unix socket paths are capped at 108 bytes.
+	if longest := len(filepath.Join(s.sockDir, "plugin0123456789", "plugin0123456789")); longest > 107 {
+		return fmt.Errorf("state directory %s is too long for unix socket paths (limit 108 bytes)", s.stateDir)
+	}
+	return nil
+}
+
+// Load discovers plugins and learns what each serves, launching those not in
+// the info cache. It keeps running the ones it launched only if keep says so.
+func (s *Supervisor) Load(ctx context.Context) error {
+	found, err := Discover(s.opts.PluginDirs)
+	if err != nil {
+		return err
+	}
+	cache := loadInfoCache(filepath.Join(s.stateDir, "plugin-info.json"))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, f := range found {
+		pcfg := s.opts.Config.PluginByName(f.Name)
+		if pcfg.Disabled {
+			s.logger.Info("plugin disabled by configuration", "plugin", f.Name)
+			continue
+		}
+		for _, sh := range f.Shadowed {
+			s.logger.Info("plugin shadowed by an earlier directory", "plugin", f.Name, "used", f.Path, "ignored", sh)
+		}
+		m := &managed{found: f, cfg: pcfg}
+		s.plugins[f.Name] = m
+		if pcfg.Checksum == "" {
+			if info := cache.get(f); info != nil {
+				m.info = info
+				continue
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := s.launch(m)
+			if err == nil {
+				m.info, err = r.info(ctx)
+				if err != nil {
+					r.stop()
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("plugin %s: %w", f.Name, err))
+				return
+			}
+			cache.put(f, m.info)
+			if m.info.Kind == pb.Kind_KIND_COMMAND && s.lazy {
+				r.stop() // started only to learn its commands
+				return
+			}
+			m.mu.Lock()
+			m.run = r
+			m.mu.Unlock()
+			s.watch(m, r)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		s.logger.Error("plugin not loaded", "error", err)
+	}
+	for name, m := range s.plugins {
+		if m.info == nil {
+			delete(s.plugins, name)
+		}
+	}
+	if err := cache.save(); err != nil {
+		s.logger.Warn("plugin info cache not saved", "error", err)
+	}
+	s.buildRegistry()
+	return nil
+}
+
+func (s *Supervisor) launch(m *managed) (*running, error) {
+	return s.launcher.launch(launchSpec{
+		path:     m.found.Path,
+		name:     m.found.Name,
+		checksum: m.cfg.Checksum,
+		sockDir:  s.sockDir,
+		logger:   s.logger.Named(m.found.Name),
+	})
+}
+
+// coreCommands are answered by the parser from the supervisor's table.
+var coreCommands = map[string]bool{"guest-sync": true, "guest-sync-delimited": true, "guest-ping": true, "guest-info": true}
+
+// buildRegistry maps every command to one plugin; the first plugin (by name)
+// to declare a command keeps it and duplicates are refused with a log line.
+func (s *Supervisor) buildRegistry() {
+	names := make([]string, 0, len(s.plugins))
+	for n := range s.plugins {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	owner := map[string]string{}
+	var routes []*pb.Route
+	for _, n := range names {
+		m := s.plugins[n]
+		if m.info.Kind != pb.Kind_KIND_COMMAND {
+			continue
+		}
+		for _, c := range m.info.Commands {
+			if coreCommands[c.Name] {
+				s.logger.Error("command refused: it is a core command of the agent", "command", c.Name, "plugin", n)
+				continue
+			}
+			if o, dup := owner[c.Name]; dup {
+				s.logger.Error("duplicate command refused", "command", c.Name, "plugin", n, "served_by", o)
+				continue
+			}
+			owner[c.Name] = n
+			routes = append(routes, &pb.Route{
+				Command: c.Name, Plugin: n, Spec: c, Enabled: true,
+				DataplaneSocket: s.dataSocket(n),
+			})
+		}
+	}
+	s.routes = routes
+}
+
+func (s *Supervisor) dataSocket(plugin string) string {
+	return filepath.Join(s.sockDir, plugin+".sock")
+}
+
+// Plugins returns what Load found, for `guest-agent plugins`.
+func (s *Supervisor) Plugins() []PluginReport {
+	var out []PluginReport
+	for _, m := range s.plugins {
+		out = append(out, PluginReport{Name: m.found.Name, Path: m.found.Path, Info: m.info})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// PluginReport describes one loaded plugin.
+type PluginReport struct {
+	Name string
+	Path string
+	Info *pb.InfoResponse
+}
+
+// Commands lists the registry (core commands first), for -b help.
+func (s *Supervisor) Commands() []string {
+	out := []string{"guest-info", "guest-ping", "guest-sync", "guest-sync-delimited"}
+	for _, r := range s.routes {
+		out = append(out, r.Command)
+	}
+	sort.Strings(out[4:])
+	return out
+}
+
+// Run serves the configured channels until ctx ends, then stops every
+// plugin.
+func (s *Supervisor) Run(ctx context.Context) error {
+	s.ctx = ctx
+	defer s.stopAll()
+	if len(s.opts.Config.Channels) == 0 {
+		return errors.New("no channel configured")
+	}
+	s.channels = s.opts.Config.Channels
+	for _, ch := range s.channels {
+		parser := s.findKind(pb.Kind_KIND_PARSER, func(i *pb.InfoResponse) bool { return contains(i.Dialects, ch.Dialect) })
+		if parser == nil {
+			return fmt.Errorf("channel %s: no parser plugin serves dialect %q", ch.Name, ch.Dialect)
+		}
+		exch := s.findKind(pb.Kind_KIND_EXCHANGE, func(i *pb.InfoResponse) bool { return contains(i.Methods, ch.Method) })
+		if exch == nil {
+			return fmt.Errorf("channel %s: no exchange plugin serves method %q", ch.Name, ch.Method)
+		}
+		s.parserOf[ch.Name], s.exchOf[ch.Name] = parser, exch
+	}
+	// Parsers first: exchanges hand sessions to their inboxes.
+	var wg sync.WaitGroup
+	errCh := make(chan error, len(s.channels)*2)
+	for _, p := range s.uniq(s.parserOf) {
+		wg.Add(1)
+		go func() { defer wg.Done(); errCh <- s.startParser(ctx, p) }()
+	}
+	for _, e := range s.uniq(s.exchOf) {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, err := s.ensureRunning(ctx, e); errCh <- err }()
+	}
+	wg.Wait()
+	close(errCh)
+	for err := range errCh {
+		if err != nil {
+			return err
+		}
+	}
+	for _, ch := range s.channels {
+		if err := s.openChannel(ctx, ch); err != nil {
+			return err
+		}
+	}
+	if !s.lazy {
+		for _, m := range s.plugins {
+			if m.info.Kind == pb.Kind_KIND_COMMAND {
+				if _, err := s.ensureRunning(ctx, m); err != nil {
+					s.logger.Error("command plugin not started", "plugin", m.found.Name, "error", err)
+				}
+			}
+		}
+	}
+	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(coreCommands))
+	<-ctx.Done()
+	return nil
+}
+
+func contains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Supervisor) findKind(kind pb.Kind, match func(*pb.InfoResponse) bool) *managed {
+	names := make([]string, 0, len(s.plugins))
+	for n := range s.plugins {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		m := s.plugins[n]
+		if m.info.Kind == kind && match(m.info) {
+			return m
+		}
+	}
+	return nil
+}
+
+func (s *Supervisor) uniq(by map[string]*managed) []*managed {
+	seen := map[*managed]bool{}
+	var out []*managed
+	for _, m := range by {
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ensureRunning starts m if it is not running (honouring the restart
+// backoff) and configures it when it is a command plugin.
+func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.run != nil {
+		select {
+		case <-m.run.exited:
+			m.run = nil
+		default:
+			return m.run, nil
+		}
+	}
+	if wait := time.Until(m.nextStart); wait > 0 {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	r, err := s.launch(m)
+	if err != nil {
+		s.noteCrash(m)
+		return nil, err
+	}
+	if m.info.Kind == pb.Kind_KIND_COMMAND {
+		opts, err := config.OptionsJSON(m.cfg.Options)
+		if err == nil {
+			_, err = r.clients.Command.Configure(ctx, &pb.ConfigureCommandRequest{
+				OptionsJson:     opts,
+				StateDir:        filepath.Join(s.stateDir, "plugins", m.found.Name),
+				DataplaneSocket: s.dataSocket(m.found.Name),
+			})
+		}
+		if err != nil {
+			r.stop()
+			s.noteCrash(m)
+			return nil, fmt.Errorf("configure plugin %s: %w", m.found.Name, err)
+		}
+		m.dataSock = s.dataSocket(m.found.Name)
+	}
+	m.run = r
+	s.watch(m, r)
+	return r, nil
+}
+
+// noteCrash records a failure and sets when the next start may happen: the
+// first three within ten seconds restart at once, then the delay doubles from
+// 200 ms up to 5 s (Nomad's restart policy, in short).
+func (s *Supervisor) noteCrash(m *managed) {
+	now := time.Now()
+	recent := m.crashes[:0]
+	for _, t := range m.crashes {
+		if now.Sub(t) < 30*time.Second {
+			recent = append(recent, t)
+		}
+	}
+	m.crashes = append(recent, now)
+	n := len(m.crashes)
+	if n <= 3 {
+		m.nextStart = now
+		return
+	}
+	delay := 200 * time.Millisecond << min(n-4, 5)
+	m.nextStart = now.Add(min(delay, 5*time.Second))
+}
+
+// watch reacts to the end of a plugin process.
+func (s *Supervisor) watch(m *managed, r *running) {
+	go func() {
+		<-r.exited
+		s.mu.Lock()
+		stopping := s.stopping
+		s.mu.Unlock()
+		m.mu.Lock()
+		current := m.run == r
+		if current {
+			m.run = nil
+		}
+		if !stopping && current {
+			s.noteCrash(m)
+		}
+		m.mu.Unlock()
+		if stopping || !current {
+			return
+		}
+		s.logger.Warn("plugin exited unexpectedly", "plugin", m.found.Name, "pid", r.pid)
+		switch m.info.Kind {
+		case pb.Kind_KIND_COMMAND:
+			if s.lazy {
+				return // restarted by the next command that needs it
+			}
+			if _, err := s.ensureRunning(s.ctx, m); err != nil {
+				s.logger.Error("plugin restart failed", "plugin", m.found.Name, "error", err)
+			}
+		case pb.Kind_KIND_PARSER:
+			s.recoverChannels(m, nil)
+		case pb.Kind_KIND_EXCHANGE:
+			s.recoverChannels(nil, m)
+		}
+	}()
+}
+
+// recoverChannels restarts a parser or an exchange and reopens the channels
+// that went through it.
+func (s *Supervisor) recoverChannels(parser, exch *managed) {
+	s.reopening.Lock()
+	defer s.reopening.Unlock()
+	for s.ctx.Err() == nil {
+		var err error
+		if parser != nil {
+			err = s.startParser(s.ctx, parser)
+		} else {
+			_, err = s.ensureRunning(s.ctx, exch)
+		}
+		if err == nil {
+			for _, ch := range s.channels {
+				if s.parserOf[ch.Name] == parser || s.exchOf[ch.Name] == exch {
+					if err = s.openChannel(s.ctx, ch); err != nil {
+						break
+					}
+				}
+			}
+		}
+		if err == nil {
+			s.logger.Info("channels restored after plugin restart")
+			return
+		}
+		s.logger.Error("channel recovery failed; retrying", "error", err)
+		select {
+		case <-time.After(time.Second):
+		case <-s.ctx.Done():
+		}
+	}
+}
+
+// startParser starts (or restarts) a parser and configures its channels,
+// routes and the host service it calls for lazily started plugins.
+func (s *Supervisor) startParser(ctx context.Context, m *managed) error {
+	r, err := s.ensureRunning(ctx, m)
+	if err != nil {
+		return err
+	}
+	broker := r.clients.Broker
+	hostID := broker.NextId()
+	go broker.AcceptAndServe(hostID, func(opts []grpc.ServerOption) *grpc.Server {
+		srv := grpc.NewServer(opts...)
+		pb.RegisterHostServer(srv, &hostServer{s: s})
+		return srv
+	})
+	req := &pb.ConfigureParserRequest{
+		Routes:       s.routes,
+		AgentVersion: s.opts.Version,
+		StateDir:     filepath.Join(s.stateDir, "plugins", m.found.Name),
+		InboxDir:     s.sockDir,
+		HostBrokerId: hostID,
+		Limits:       s.limits(),
+	}
+	for _, ch := range s.channels {
+		if s.parserOf[ch.Name] == m {
+			req.Channels = append(req.Channels, &pb.ChannelConfig{Name: ch.Name, Dialect: ch.Dialect, Allow: ch.AllowRPCs, Block: ch.BlockRPCs})
+		}
+	}
+	resp, err := r.clients.Parser.Configure(ctx, req)
+	if err != nil {
+		return fmt.Errorf("configure parser %s: %w", m.found.Name, err)
+	}
+	s.mu.Lock()
+	for _, in := range resp.Inboxes {
+		s.inboxes[in.Channel] = in.Socket
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Supervisor) limits() *pb.Limits {
+	l := s.opts.Config.Limits
+	if l == nil {
+		return &pb.Limits{}
+	}
+	d, _ := l.Timeout()
+	return &pb.Limits{MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(), MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight}
+}
+
+func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
+	exch := s.exchOf[ch.Name]
+	r, err := s.ensureRunning(ctx, exch)
+	if err != nil {
+		return err
+	}
+	opts, err := config.OptionsJSON(ch.Options)
+	if err != nil {
+		return fmt.Errorf("channel %s: %w", ch.Name, err)
+	}
+	s.mu.Lock()
+	inbox := s.inboxes[ch.Name]
+	s.mu.Unlock()
+	resp, err := r.clients.Exchange.OpenChannel(ctx, &pb.OpenChannelRequest{
+		Channel: ch.Name, Method: ch.Method, Path: ch.Path, OptionsJson: opts, InboxSocket: inbox,
+	})
+	if err != nil {
+		return fmt.Errorf("open channel %s (%s %s): %w", ch.Name, ch.Method, ch.Path, err)
+	}
+	s.logger.Info("channel open", "channel", ch.Name, "method", ch.Method, "path", resp.ResolvedPath, "dialect", ch.Dialect)
+	return nil
+}
+
+// stopAll ends every plugin; nothing is left behind.
+func (s *Supervisor) stopAll() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, m := range s.plugins {
+		m.mu.Lock()
+		r := m.run
+		m.run = nil
+		m.mu.Unlock()
+		if r != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); r.stop() }()
+		}
+	}
+	wg.Wait()
+}
+
+// hostServer lets parsers start command plugins on demand.
+type hostServer struct {
+	pb.UnimplementedHostServer
+	s *Supervisor
+}
+
+func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedRequest) (*pb.EnsureStartedResponse, error) {
+	m := h.s.plugins[req.Plugin]
+	if m == nil || m.info.Kind != pb.Kind_KIND_COMMAND {
+		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
+	}
+	if _, err := h.s.ensureRunning(ctx, m); err != nil {
+		return nil, err
+	}
+	return &pb.EnsureStartedResponse{DataplaneSocket: h.s.dataSocket(req.Plugin)}, nil
+}
+
+// Shutdown stops every plugin started by Load (when Run is not used).
+func (s *Supervisor) Shutdown() { s.stopAll() }

@@ -1,0 +1,286 @@
+// Command guest-agent is the supervisor of the guest agent: it launches the
+// exchange, parser and command plugins and wires them into channels. Its
+// flags are qemu-ga's, so it drops in where qemu-ga runs.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/guest-agent/guest-agent/cmd/agent/internal/config"
+	"github.com/guest-agent/guest-agent/cmd/agent/internal/supervisor"
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"github.com/zclconf/go-cty/cty"
+	"golang.org/x/sys/unix"
+)
+
+// version is set by the build (-X main.version).
+var version = "dev"
+
+// flags are qemu-ga's, plus the plugin directory.
+type flags struct {
+	method, path, stateDir, pidFile, logFile, configPath, fsfreezeHook string
+	blockRPCs, allowRPCs                                               []string
+	pluginDirs                                                         []string
+	verbose, showVersion, dumpConf, retryPath                          bool
+}
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "guest-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	f := &flags{}
+	root := &cobra.Command{
+		Use:           "guest-agent",
+		Short:         "Guest agent for virtual machines (qemu-ga compatible), built of plugins",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, f) },
+	}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&f.method, "method", "m", "", "transport method: virtio-serial, isa-serial, unix-listen, vsock-listen, xenstore (default virtio-serial)")
+	pf.StringVarP(&f.path, "path", "p", "", "device or socket path (default /dev/virtio-ports/org.qemu.guest_agent.0)")
+	pf.StringVarP(&f.stateDir, "statedir", "t", "", "state directory (default /var/lib/guest-agent)")
+	pf.StringVarP(&f.pidFile, "pidfile", "f", "", "pid file")
+	pf.StringVarP(&f.logFile, "logfile", "l", "", "log file (default stderr)")
+	pf.StringVarP(&f.configPath, "config", "c", config.DefaultPath, "configuration file (HCL)")
+	pf.StringVarP(&f.fsfreezeHook, "fsfreeze-hook", "F", "", "script run around fsfreeze with 'freeze'/'thaw'")
+	pf.StringSliceVarP(&f.blockRPCs, "block-rpcs", "b", nil, "comma-separated commands to disable ('help' lists them)")
+	pf.StringSliceVarP(&f.allowRPCs, "allow-rpcs", "a", nil, "comma-separated commands to allow, all others disabled ('help' lists them)")
+	pf.StringSliceVar(&f.pluginDirs, "plugin-dir", nil, "directory searched first for guest-agent-* plugins (repeatable)")
+	pf.BoolVarP(&f.verbose, "verbose", "v", false, "log extra debugging information")
+	pf.BoolVarP(&f.showVersion, "version", "V", false, "print version information and exit")
+	pf.BoolVarP(&f.dumpConf, "dump-conf", "D", false, "dump the effective configuration and exit")
+	pf.BoolVarP(&f.retryPath, "retry-path", "r", false, "wait for the channel device to appear instead of failing")
+
+	root.AddCommand(&cobra.Command{
+		Use: "run", Short: "Run the agent (default)",
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, f) },
+	})
+	root.AddCommand(&cobra.Command{
+		Use: "plugins", Short: "List discovered plugins, their versions and what they serve",
+		RunE: func(cmd *cobra.Command, _ []string) error { return listPlugins(cmd.Context(), cmd.OutOrStdout(), f) },
+	})
+	cfgCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
+	cfgCmd.AddCommand(&cobra.Command{
+		Use: "dump", Short: "Print the effective configuration (file and flags merged)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := effectiveConfig(f)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(cfg.Dump())
+			return err
+		},
+	})
+	root.AddCommand(cfgCmd)
+	return root
+}
+
+// effectiveConfig merges the configuration file and the flags; flags win.
+func effectiveConfig(f *flags) (*config.Config, error) {
+	cfg, err := config.Load(f.configPath, f.configPath != config.DefaultPath)
+	if err != nil {
+		return nil, err
+	}
+	if f.stateDir != "" {
+		cfg.StateDir = f.stateDir
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "/var/lib/guest-agent"
+	}
+	if abs, err := filepath.Abs(cfg.StateDir); err == nil {
+		cfg.StateDir = abs
+	}
+	if f.pidFile != "" {
+		cfg.PidFile = f.pidFile
+	}
+	if f.logFile != "" {
+		cfg.LogFile = f.logFile
+	}
+	if f.verbose {
+		cfg.LogLevel = "debug"
+	}
+	if f.method != "" || f.path != "" || len(cfg.Channels) == 0 {
+		ch := flagChannel(f)
+		kept := cfg.Channels[:0]
+		for _, c := range cfg.Channels {
+			if c.Name != ch.Name {
+				kept = append(kept, c)
+			}
+		}
+		cfg.Channels = append(kept, ch)
+	}
+	for i := range cfg.Channels {
+		cfg.Channels[i].BlockRPCs = append(cfg.Channels[i].BlockRPCs, f.blockRPCs...)
+		cfg.Channels[i].AllowRPCs = append(cfg.Channels[i].AllowRPCs, f.allowRPCs...)
+	}
+	if f.fsfreezeHook != "" {
+		p := cfg.PluginByName("cmd-system")
+		p.Options = config.WithOption(p.Options, "fsfreeze_hook", cty.StringVal(f.fsfreezeHook))
+	}
+	return cfg, cfg.Validate()
+}
+
+// flagChannel is the channel the qemu-ga style flags describe.
+func flagChannel(f *flags) config.Channel {
+	method := f.method
+	if method == "" {
+		method = "virtio-serial"
+	}
+	ch := config.Channel{Name: "qga", Method: method, Path: f.path, Dialect: "qga", Options: cty.NullVal(cty.DynamicPseudoType)}
+	switch method {
+	case "virtio-serial":
+		if ch.Path == "" {
+			ch.Path = "/dev/virtio-ports/org.qemu.guest_agent.0"
+		}
+	case "isa-serial":
+		if ch.Path == "" {
+			ch.Path = "/dev/ttyS0"
+		}
+	case "xenstore":
+		ch.Name, ch.Dialect = "nova", "nova"
+	}
+	if f.retryPath {
+		ch.Options = config.WithOption(ch.Options, "retry_path", cty.True)
+	}
+	return ch
+}
+
+func pluginDirs(f *flags) []string {
+	dirs := append([]string{}, f.pluginDirs...)
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Dir(exe))
+	}
+	return append(dirs, config.DefaultPluginDirs...)
+}
+
+func newLogger(cfg *config.Config) (hclog.Logger, io.Closer, error) {
+	var out io.Writer = os.Stderr
+	var closer io.Closer = io.NopCloser(nil)
+	if cfg.LogFile != "" {
+		file, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		out, closer = file, file
+	}
+	level := hclog.LevelFromString(cfg.LogLevel)
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "guest-agent", Level: level, Output: out}), closer, nil
+}
+
+func runAgent(cmd *cobra.Command, f *flags) error {
+	if f.showVersion {
+		fmt.Fprintf(cmd.OutOrStdout(), "guest-agent %s (plugin protocol 1)\n", version)
+		return nil
+	}
+	cfg, err := effectiveConfig(f)
+	if err != nil {
+		return err
+	}
+	if f.dumpConf {
+		_, err := cmd.OutOrStdout().Write(cfg.Dump())
+		return err
+	}
+	logger, closer, err := newLogger(cfg)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f), Version: version, Logger: logger})
+	if err := sup.Prepare(); err != nil {
+		return err
+	}
+	if cfg.PidFile != "" {
+		release, err := writePidFile(cfg.PidFile)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+	if err := sup.Load(ctx); err != nil {
+		return err
+	}
+	defer sup.Shutdown()
+	if isHelp(f.blockRPCs) || isHelp(f.allowRPCs) {
+		fmt.Fprintln(cmd.OutOrStdout(), strings.Join(sup.Commands(), "\n"))
+		return nil
+	}
+	err = sup.Run(ctx)
+	logger.Info("agent stopped")
+	return err
+}
+
+func isHelp(list []string) bool {
+	for _, v := range list {
+		if v == "help" || v == "?" {
+			return true
+		}
+	}
+	return false
+}
+
+// writePidFile writes and locks the pid file so two agents never share a
+// state directory; the lock dies with the process.
+func writePidFile(path string) (func(), error) {
+	file, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("pid file: %w", err)
+	}
+	if err := unix.Flock(int(file.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("pid file %s is locked: another agent is running", path)
+	}
+	if err := file.Truncate(0); err == nil {
+		fmt.Fprintf(file, "%d\n", os.Getpid())
+	}
+	return func() { os.Remove(path); file.Close() }, nil
+}
+
+func listPlugins(ctx context.Context, w io.Writer, f *flags) error {
+	cfg, err := effectiveConfig(f)
+	if err != nil {
+		return err
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "guest-agent", Level: hclog.Warn, Output: os.Stderr})
+	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f), Version: version, Logger: logger})
+	if err := sup.Prepare(); err != nil {
+		return err
+	}
+	if err := sup.Load(ctx); err != nil {
+		return err
+	}
+	defer sup.Shutdown()
+	for _, p := range sup.Plugins() {
+		kind := strings.ToLower(strings.TrimPrefix(p.Info.Kind.String(), "KIND_"))
+		fmt.Fprintf(w, "%s %s (%s) %s\n", p.Name, p.Info.Version, kind, p.Path)
+		for _, c := range p.Info.Commands {
+			fmt.Fprintf(w, "  command %s\n", c.Name)
+		}
+		for _, d := range p.Info.Dialects {
+			fmt.Fprintf(w, "  dialect %s\n", d)
+		}
+		for _, m := range p.Info.Methods {
+			fmt.Fprintf(w, "  method %s\n", m)
+		}
+	}
+	return nil
+}

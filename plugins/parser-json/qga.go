@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/guest-agent/guest-agent/shared/sdk"
+)
+
+// qgaDialect speaks QEMU's guest agent protocol: {"execute", "arguments",
+// "id"} in, {"return"} or {"error": {"class", "desc"}} out, one JSON value per
+// line, with 0xFF resynchronisation.
+type qgaDialect struct{}
+
+func (*qgaDialect) Name() string { return "qga" }
+
+// readBufSize is large so a 1 MiB guest-file-write arrives in few reads.
+const readBufSize = 256 << 10
+
+func (q *qgaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) error {
+	sp := &splitter{max: s.MaxRequestBytes()}
+	buf := make([]byte, readBufSize)
+	for {
+		n, err := s.Read(buf)
+		if n > 0 {
+			sp.feed(buf[:n], func(value []byte, problem string) {
+				if problem != "" {
+					writeReply(s, errorReply(nil, sdk.ClassGenericError, problem, false))
+					return
+				}
+				q.serveOne(ctx, s, value)
+			})
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && s.Persistent() {
+				// virtio-serial: the host closed its end. Drop the partial
+				// request and wait, without polling, for it to come back.
+				sp.reset()
+				if werr := s.WaitHost(ctx); werr != nil {
+					return werr
+				}
+				continue
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("qga: read: %w", err)
+		}
+	}
+}
+
+func writeReply(s *sdk.StreamSession, b []byte) {
+	if b == nil {
+		return
+	}
+	if _, err := s.Write(b); err != nil {
+		s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
+	}
+}
+
+// serveOne decodes one request and runs it; the reply is written when the
+// command completes (commands of different plugins run side by side).
+func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value []byte) {
+	req, errReply := decodeRequest(value)
+	if errReply != nil {
+		writeReply(s, errReply)
+		return
+	}
+	// The request buffer is reused by the splitter: keep what we need.
+	id := cloneRaw(req.id)
+	args := cloneRaw(req.args)
+	delimited := req.execute == "guest-sync-delimited"
+	s.Go(ctx, req.execute, args, func(o *sdk.Outcome) {
+		writeReply(s, encodeOutcome(o, id, delimited))
+	})
+}
+
+func (q *qgaDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, value []byte) []byte {
+	req, errReply := decodeRequest(value)
+	if errReply != nil {
+		return errReply
+	}
+	o := d.Dispatch(ctx, req.execute, req.args)
+	return encodeOutcome(o, req.id, req.execute == "guest-sync-delimited")
+}
+
+func cloneRaw(b json.RawMessage) json.RawMessage {
+	if b == nil {
+		return nil
+	}
+	return append(json.RawMessage(nil), b...)
+}
+
+type qgaRequest struct {
+	execute string
+	args    json.RawMessage
+	id      json.RawMessage
+}
+
+// decodeRequest validates the envelope with qemu-ga's error texts.
+func decodeRequest(value []byte) (qgaRequest, []byte) {
+	var req qgaRequest
+	if !utf8.Valid(value) {
+		return req, errorReply(nil, sdk.ClassGenericError, "JSON parse error, invalid UTF-8 sequence in string", false)
+	}
+	trimmed := bytes.TrimSpace(value)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		if !json.Valid(trimmed) {
+			return req, errorReply(nil, sdk.ClassGenericError, "JSON parse error, "+syntaxDesc(trimmed), false)
+		}
+		return req, errorReply(nil, sdk.ClassGenericError, "QMP input must be a JSON object", false)
+	}
+	members, err := decodeObject(trimmed)
+	if err != nil {
+		return req, errorReply(nil, sdk.ClassGenericError, "JSON parse error, "+err.Error(), false)
+	}
+	req.id = members["id"]
+	for name := range members {
+		switch name {
+		case "execute", "arguments", "id":
+		default:
+			return req, errorReply(req.id, sdk.ClassGenericError, fmt.Sprintf("QMP input member '%s' is unexpected", name), false)
+		}
+	}
+	exec, ok := members["execute"]
+	if !ok {
+		return req, errorReply(req.id, sdk.ClassGenericError, "QMP input lacks member 'execute'", false)
+	}
+	if err := json.Unmarshal(exec, &req.execute); err != nil {
+		return req, errorReply(req.id, sdk.ClassGenericError, "QMP input member 'execute' must be a string", false)
+	}
+	if a, ok := members["arguments"]; ok {
+		if len(bytes.TrimSpace(a)) == 0 || bytes.TrimSpace(a)[0] != '{' {
+			return req, errorReply(req.id, sdk.ClassGenericError, "QMP input member 'arguments' must be an object", false)
+		}
+		req.args = a
+	}
+	return req, nil
+}
+
+// decodeObject splits a JSON object into its members, refusing duplicate
+// keys as QEMU's parser does.
+func decodeObject(b []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, cleanJSONError(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, errors.New("expected an object")
+	}
+	members := make(map[string]json.RawMessage, 3)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, cleanJSONError(err)
+		}
+		key, _ := tok.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, cleanJSONError(err)
+		}
+		if _, dup := members[key]; dup {
+			return nil, errors.New("duplicate key")
+		}
+		members[key] = raw
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, cleanJSONError(err)
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data")
+	}
+	return members, nil
+}
+
+func cleanJSONError(err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Errorf("%s", se.Error())
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return errors.New("unexpected end of input")
+	}
+	return err
+}
+
+func syntaxDesc(b []byte) string {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return cleanJSONError(err).Error()
+	}
+	return "invalid input"
+}
+
+// encodeOutcome renders a reply line; nil for a command that answers nothing.
+func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool) []byte {
+	if o.Err != nil {
+		return errorReply(id, o.Err.Class, o.Err.Desc, delimited)
+	}
+	if o.NoResponse {
+		return nil
+	}
+	result := o.Result
+	if len(result) == 0 {
+		result = json.RawMessage("{}")
+	}
+	size := len(result) + len(id) + 32
+	if o.Blob != nil {
+		size += base64.StdEncoding.EncodedLen(len(o.Blob)) + len(o.BlobField) + 8
+	}
+	out := make([]byte, 0, size)
+	if delimited {
+		out = append(out, resyncByte)
+	}
+	out = append(out, `{"return": `...)
+	if o.Blob != nil && len(result) > 0 && result[0] == '{' {
+		// Encode the bulk data straight into the reply: one pass, no
+		// intermediate string.
+		out = append(out, '{')
+		out = strconv.AppendQuote(out, o.BlobField)
+		out = append(out, `: "`...)
+		n := len(out)
+		out = out[:n+base64.StdEncoding.EncodedLen(len(o.Blob))]
+		base64.StdEncoding.Encode(out[n:], o.Blob)
+		out = append(out, '"')
+		rest := bytes.TrimSpace(result[1:])
+		if len(rest) > 0 && rest[0] != '}' {
+			out = append(out, ", "...)
+		}
+		out = append(out, rest...)
+	} else {
+		out = append(out, result...)
+	}
+	if id != nil {
+		out = append(out, `, "id": `...)
+		out = append(out, id...)
+	}
+	out = append(out, "}\n"...)
+	return out
+}
+
+func errorReply(id json.RawMessage, class, desc string, delimited bool) []byte {
+	e := struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	}{class, desc}
+	body, _ := json.Marshal(e)
+	out := make([]byte, 0, len(body)+len(id)+24)
+	if delimited {
+		out = append(out, resyncByte)
+	}
+	out = append(out, `{"error": `...)
+	out = append(out, body...)
+	if id != nil {
+		out = append(out, `, "id": `...)
+		out = append(out, id...)
+	}
+	out = append(out, "}\n"...)
+	return out
+}

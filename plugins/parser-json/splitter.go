@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+)
+
+// resyncByte is qemu-ga's delimiter: a host writes 0xFF to make the agent
+// drop whatever partial request it holds (guest-sync-delimited).
+const resyncByte = 0xFF
+
+// splitter cuts a byte stream into top-level JSON values the way QEMU's JSON
+// streamer does: it tracks nesting and strings, so several requests in one
+// write and one request over many writes both work. It never parses; the
+// dialect does that on the complete value.
+type splitter struct {
+	max int64 // largest request kept; bigger ones are skipped and reported
+
+	cur      []byte // the value being collected
+	started  bool
+	depth    int
+	inString bool
+	escape   bool
+	scalar   bool // a top-level scalar (never valid, but must be answered)
+	skipping bool // over the limit: counting, not keeping
+	size     int64
+}
+
+// emit receives one complete value, or a non-empty problem for a value that
+// cannot be handled (too large). The value is only valid during the call.
+type emitFunc func(value []byte, problem string)
+
+func (s *splitter) reset() {
+	s.cur = s.cur[:0]
+	s.started, s.inString, s.escape, s.scalar, s.skipping = false, false, false, false, false
+	s.depth, s.size = 0, 0
+	if cap(s.cur) > 1<<20 {
+		s.cur = nil // do not pin a large request's buffer
+	}
+}
+
+// feed consumes b, calling emit for every complete value.
+func (s *splitter) feed(b []byte, emit emitFunc) {
+	for len(b) > 0 {
+		// 0xFF resets the stream wherever it appears; it cannot occur in
+		// valid UTF-8, so no valid request is cut by it.
+		if i := bytes.IndexByte(b, resyncByte); i >= 0 {
+			s.consume(b[:i], emit)
+			s.reset()
+			b = b[i+1:]
+			continue
+		}
+		s.consume(b, emit)
+		return
+	}
+}
+
+func (s *splitter) keep(b []byte) {
+	s.size += int64(len(b))
+	if s.skipping {
+		return
+	}
+	if s.size > s.max {
+		s.skipping = true
+		s.cur = s.cur[:0]
+		return
+	}
+	s.cur = append(s.cur, b...)
+}
+
+func (s *splitter) finish(emit emitFunc) {
+	if s.skipping {
+		emit(nil, fmt.Sprintf("request of more than %d bytes refused (limit max_request_bytes)", s.max))
+	} else {
+		emit(s.cur, "")
+	}
+	s.reset()
+}
+
+func (s *splitter) consume(b []byte, emit emitFunc) {
+	for len(b) > 0 {
+		if !s.started {
+			// Skip whitespace between values.
+			i := 0
+			for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
+				i++
+			}
+			b = b[i:]
+			if len(b) == 0 {
+				return
+			}
+			s.started = true
+			switch b[0] {
+			case '{', '[':
+				s.depth = 1
+			case '"':
+				s.inString = true
+				s.scalar = true
+			default:
+				s.scalar = true
+			}
+			s.keep(b[:1])
+			b = b[1:]
+			continue
+		}
+		if s.inString {
+			// Bulk-skip string contents (base64 payloads are long strings).
+			q := bytes.IndexByte(b, '"')
+			bs := bytes.IndexByte(b, '\\')
+			if s.escape {
+				s.escape = false
+				s.keep(b[:1])
+				b = b[1:]
+				continue
+			}
+			if bs >= 0 && (q < 0 || bs < q) {
+				s.keep(b[:bs+1])
+				b = b[bs+1:]
+				s.escape = true
+				continue
+			}
+			if q < 0 {
+				s.keep(b)
+				return
+			}
+			s.keep(b[:q+1])
+			b = b[q+1:]
+			s.inString = false
+			if s.scalar && s.depth == 0 {
+				s.finish(emit)
+			}
+			continue
+		}
+		if s.scalar && s.depth == 0 {
+			// A bare number or keyword ends at whitespace or a structural byte.
+			i := 0
+			for i < len(b) && !bytes.ContainsRune([]byte(" \t\r\n{}[]\",:"), rune(b[i])) {
+				i++
+			}
+			s.keep(b[:i])
+			b = b[i:]
+			if len(b) > 0 {
+				s.finish(emit)
+			}
+			continue
+		}
+		// Inside an object or array: find the next structural byte.
+		i := 0
+		for i < len(b) {
+			c := b[i]
+			if c == '"' || c == '{' || c == '[' || c == '}' || c == ']' {
+				break
+			}
+			i++
+		}
+		if i == len(b) {
+			s.keep(b)
+			return
+		}
+		c := b[i]
+		s.keep(b[:i+1])
+		b = b[i+1:]
+		switch c {
+		case '"':
+			s.inString = true
+		case '{', '[':
+			s.depth++
+		case '}', ']':
+			s.depth--
+			if s.depth == 0 {
+				s.finish(emit)
+			}
+		}
+	}
+}
