@@ -15,6 +15,10 @@ import (
 // spin for ever.
 const MaxTransactionAttempts = 32
 
+// maxBackoff caps the pause between attempts; conflicts in xenstore are
+// short-lived, so waiting longer only adds latency.
+const maxBackoff = 16 * time.Millisecond
+
 // abortTimeout bounds the TRANSACTION_END F sent after the caller's context
 // ended; without it an abandoned transaction would hold xenstored's
 // per-connection transaction quota.
@@ -117,7 +121,7 @@ func (c *Client) Transaction(ctx context.Context, fn func(tx *Tx) error) error {
 		// Jitter keeps two clients conflicting on the same nodes from
 		// retrying in lockstep.
 		d := backoff/2 + rand.N(backoff/2+1)
-		if backoff < 64*time.Millisecond {
+		if backoff < maxBackoff {
 			backoff *= 2
 		}
 		t := time.NewTimer(d)
