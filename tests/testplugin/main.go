@@ -1,0 +1,67 @@
+// Command guest-agent-cmd-test is an out-of-tree style command plugin used by
+// the end-to-end tests: a page of Go on the SDK, with commands that sleep,
+// echo large payloads and crash on demand.
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"time"
+
+	"github.com/guest-agent/guest-agent/shared/sdk"
+)
+
+func main() {
+	sdk.ServeCommands(&sdk.CommandPlugin{
+		Name:    "cmd-test",
+		Version: "1.0.0",
+		Commands: []sdk.Command{
+			{
+				Name: "test-sleep", Description: "sleeps for ms milliseconds",
+				Handler: func(ctx context.Context, call *sdk.Call) (any, error) {
+					var a struct {
+						MS int64 `json:"ms"`
+					}
+					if err := call.Decode(&a); err != nil {
+						return nil, err
+					}
+					select {
+					case <-time.After(time.Duration(a.MS) * time.Millisecond):
+					case <-ctx.Done():
+						return nil, sdk.Errorf("interrupted: %v", ctx.Err())
+					}
+					return map[string]int{"pid": os.Getpid()}, nil
+				},
+			},
+			{
+				Name: "test-pid", Description: "returns the plugin's pid",
+				Handler: func(context.Context, *sdk.Call) (any, error) {
+					return map[string]int{"pid": os.Getpid()}, nil
+				},
+			},
+			{
+				Name: "test-blob", Description: "returns size bytes of a pattern, or echoes its input",
+				BlobArg: "in-b64", BlobResult: "out-b64",
+				Handler: func(_ context.Context, call *sdk.Call) (any, error) {
+					var a struct {
+						Size  int64   `json:"size,omitempty"`
+						InB64 *string `json:"in-b64"`
+					}
+					if err := call.Decode(&a); err != nil {
+						return nil, err
+					}
+					out := call.Blob
+					if a.Size > 0 {
+						out = bytes.Repeat([]byte("0123456789abcdef"), int(a.Size/16)+1)[:a.Size]
+					}
+					return &sdk.Reply{Value: map[string]int{"count": len(out)}, Blob: out}, nil
+				},
+			},
+			{
+				Name: "guest-ping", Description: "a duplicate of a core command: must be refused",
+				Handler: func(context.Context, *sdk.Call) (any, error) { return nil, nil },
+			},
+		},
+	})
+}
