@@ -1,0 +1,251 @@
+// Package vm boots a real QEMU VM (TCG, Debian's kernel, a busybox
+// initramfs built here with the static agent and plugins) and drives the
+// agent inside it over a real virtio-serial port from the host.
+package vm
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guest-agent/guest-agent/tests/harness"
+)
+
+// virtioModules are loaded in dependency order by the VM's init.
+var virtioModules = []string{
+	"drivers/virtio/virtio.ko", "drivers/virtio/virtio_ring.ko",
+	"drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci_legacy_dev.ko",
+	"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
+}
+
+const initScript = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp /run/ga
+for m in /lib/modules/*.ko; do insmod "$m" || echo "insmod $m failed"; done
+echo "guest-agent-vm: modules loaded"
+i=0
+while [ ! -e /sys/class/virtio-ports/vport0p1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "guest-agent-vm: port $(cat /sys/class/virtio-ports/*/name 2>/dev/null)"
+/ga/guest-agent -m virtio-serial -p org.qemu.guest_agent.0 -t /run/ga -c /ga/none.hcl -v
+echo "guest-agent-vm: agent exited with $?"
+poweroff -f
+`
+
+func kernelVersion(t *testing.T) string {
+	entries, _ := filepath.Glob("/boot/vmlinuz-*")
+	if len(entries) == 0 {
+		t.Fatal("no kernel in /boot: install Debian's linux-image-amd64")
+	}
+	sort.Strings(entries)
+	return strings.TrimPrefix(filepath.Base(entries[len(entries)-1]), "vmlinuz-")
+}
+
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// buildInitramfs writes an uncompressed cpio archive (TCG decompresses
+// slowly) holding busybox, the virtio modules, the agent and its plugins.
+func buildInitramfs(t *testing.T, kver, bin string) string {
+	root := t.TempDir()
+	busybox := "/bin/busybox"
+	if out, err := exec.Command("file", "-L", busybox).Output(); err == nil && !bytes.Contains(out, []byte("static")) {
+		t.Fatalf("%s is not static: install busybox-static", busybox)
+	}
+	copyFile(t, busybox, filepath.Join(root, "bin/busybox"), 0o755)
+	for _, m := range virtioModules {
+		src := filepath.Join("/lib/modules", kver, "kernel", m)
+		// Numbered so the shell glob loads them in dependency order.
+		dst := filepath.Join(root, "lib/modules", fmt.Sprintf("%d-%s", indexOf(m), filepath.Base(m)))
+		copyFile(t, src, dst, 0o644)
+	}
+	entries, err := os.ReadDir(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() == "guest-agent" || (strings.HasPrefix(e.Name(), "guest-agent-") && !strings.Contains(e.Name(), "xenstore")) {
+			copyFile(t, filepath.Join(bin, e.Name()), filepath.Join(root, "ga", e.Name()), 0o755)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "ga/none.hcl"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(initScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "sbin", "usr/bin", "usr/sbin"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	archive := filepath.Join(t.TempDir(), "initramfs.cpio")
+	cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet > "+archive)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, out)
+	}
+	return archive
+}
+
+func indexOf(m string) int {
+	for i, x := range virtioModules {
+		if x == m {
+			return i
+		}
+	}
+	return -1
+}
+
+type vmInstance struct {
+	cmd     *exec.Cmd
+	socket  string
+	console *harness.SyncBuffer
+}
+
+func bootVM(t *testing.T) *vmInstance {
+	if os.Getenv("GUEST_AGENT_VM") == "" {
+		t.Skip("VM test runs through `make vm-test` (GUEST_AGENT_VM=1)")
+	}
+	bin := harness.BinDir(t)
+	kver := kernelVersion(t)
+	initrd := buildInitramfs(t, kver, bin)
+	dir := harness.ShortTempDir(t)
+	vm := &vmInstance{socket: filepath.Join(dir, "qga.sock"), console: &harness.SyncBuffer{}}
+	vm.cmd = exec.Command("qemu-system-x86_64",
+		"-accel", "tcg", "-m", "1024", "-smp", "1",
+		"-nographic", "-no-reboot", "-nodefaults",
+		"-kernel", "/boot/vmlinuz-"+kver, "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet loglevel=3",
+		"-serial", "stdio",
+		"-chardev", "socket,path="+vm.socket+",server=on,wait=off,id=qga0",
+		"-device", "virtio-serial-pci",
+		"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+	)
+	vm.cmd.Stdout, vm.cmd.Stderr = vm.console, vm.console
+	if err := vm.cmd.Start(); err != nil {
+		t.Fatalf("start qemu (install qemu-system-x86): %v", err)
+	}
+	t.Cleanup(func() {
+		_ = vm.cmd.Process.Kill()
+		_, _ = vm.cmd.Process.Wait()
+		if t.Failed() {
+			t.Logf("VM console:\n%s", vm.console.String())
+		}
+	})
+	return vm
+}
+
+func guestctl(t *testing.T, socket string, args ...string) (string, error) {
+	t.Helper()
+	full := append([]string{"--socket", socket, "--timeout", "5s"}, args...)
+	out, err := exec.Command(filepath.Join(harness.BinDir(t), "guestctl"), full...).CombinedOutput()
+	return string(out), err
+}
+
+func TestVMVirtioSerial(t *testing.T) {
+	start := time.Now()
+	vm := bootVM(t)
+
+	// Wait for the agent: guestctl's sync handshake fails until it serves.
+	deadline := time.Now().Add(150 * time.Second)
+	for {
+		out, err := guestctl(t, vm.socket, "ping")
+		if err == nil {
+			t.Logf("agent answered %s after boot start: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent in the VM never answered: %v %s", err, out)
+		}
+		time.Sleep(time.Second)
+	}
+
+	out, err := guestctl(t, vm.socket, "info")
+	if err != nil || !strings.Contains(out, "guest-sync-delimited") || !strings.Contains(out, "guest-ping") {
+		t.Fatalf("info: %v\n%s", err, out)
+	}
+	out, err = guestctl(t, vm.socket, "call", "guest-sync", `{"id":31337}`)
+	if err != nil || strings.TrimSpace(out) != "31337" {
+		t.Fatalf("guest-sync: %v %q", err, out)
+	}
+	out, err = guestctl(t, vm.socket, "call", "no-such-command")
+	if err == nil || !strings.Contains(out, "CommandNotFound: The command no-such-command has not been found") {
+		t.Fatalf("unknown command: %v %q", err, out)
+	}
+
+	// A malformed request, then a partial request cut by a host disconnect:
+	// the agent answers the first with an error and drops the second.
+	c := dialRetry(t, vm.socket)
+	line, err := c.Call("{bad json}\n")
+	if err != nil {
+		t.Fatalf("malformed request: %v", err)
+	}
+	if r, _ := harness.Decode(t, line); r.Error == nil || r.Error.Class != "GenericError" {
+		t.Fatalf("malformed request: %q", line)
+	}
+	if _, err := c.Write([]byte(`{"execute":"guest-sync","argu`)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	c.Close() // host disconnects mid-request
+
+	for i := 0; i < 3; i++ {
+		// Reconnect: the agent must serve again, without the partial bytes.
+		c = dialRetry(t, vm.socket)
+		line, err = c.Call(`{"execute":"guest-sync","arguments":{"id":` + fmt.Sprint(100+i) + `}}` + "\n")
+		if err != nil {
+			t.Fatalf("after reconnect %d: %v", i, err)
+		}
+		if r, _ := harness.Decode(t, line); r.Error != nil || string(r.Return) != fmt.Sprint(100+i) {
+			t.Fatalf("after reconnect %d: %q", i, line)
+		}
+		c.Close()
+	}
+	if _, err := guestctl(t, vm.socket, "ping"); err != nil {
+		t.Fatalf("ping after reconnects: %v", err)
+	}
+	t.Logf("VM test done in %s", time.Since(start).Round(time.Millisecond))
+}
+
+func dialRetry(t *testing.T, socket string) *harness.Conn {
+	t.Helper()
+	var err error
+	for i := 0; i < 50; i++ {
+		var c *harness.Conn
+		if c, err = harness.Dial(socket); err == nil {
+			return c
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("dial %s: %v", socket, err)
+	return nil
+}
