@@ -35,6 +35,12 @@ const (
 	DefaultSocketPath = "/var/run/xenstored/socket"
 )
 
+// MaxReplyPayload is the largest reply the client accepts. It is above
+// PayloadMax because oxenstored answers DIRECTORY on its unix socket with
+// the whole list however long it is (checked with Xen 4.17), where C
+// xenstored would say E2BIG; the bound only guards against garbage lengths.
+const MaxReplyPayload = 1 << 20
+
 // Client is a connection to xenstored. Its methods are safe for concurrent
 // use.
 type Client struct {
@@ -181,7 +187,7 @@ func (c *Client) reader() {
 	// One buffered read usually yields header and payload together.
 	r := bufio.NewReaderSize(c.conn, HeaderSize+PayloadMax)
 	for {
-		m, err := ReadMessage(r)
+		m, err := ReadMessageMax(r, MaxReplyPayload)
 		if err != nil {
 			c.fail(fmt.Errorf("%w: %w", ErrDisconnected, err))
 			return

@@ -3,8 +3,10 @@ package xenstore_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -692,7 +694,7 @@ func TestIncomingOversizedMessageBreaksConnection(t *testing.T) {
 	if _, err := xenstore.ReadMessage(srv); err != nil { // the request
 		t.Fatal(err)
 	}
-	hdr := []byte{2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0} // len 8192
+	hdr := []byte{2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10} // len 256 MiB
 	if _, err := srv.Write(hdr); err != nil {
 		t.Fatal(err)
 	}
@@ -700,6 +702,41 @@ func TestIncomingOversizedMessageBreaksConnection(t *testing.T) {
 	if !errors.Is(err, xenstore.ErrDisconnected) || !errors.Is(err, xenstore.ErrPayloadTooLarge) {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// oxenstored sends directory listings longer than PayloadMax on its socket;
+// the client must take them rather than drop the connection.
+func TestLongDirectoryReplyAccepted(t *testing.T) {
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	c := xenstore.NewClient(cli)
+	defer c.Close()
+	var want []string
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("%08d-0000-4000-8000-000000000000", i))
+	}
+	go func() {
+		req, err := xenstore.ReadMessage(srv)
+		if err != nil {
+			return
+		}
+		_ = writeRaw(srv, xenstore.OpDirectory, req.ReqID, xenstore.JoinStrings(want...))
+	}()
+	got, err := c.Directory(ctxT(t), "/big")
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("got %d names, %v", len(got), err)
+	}
+}
+
+// writeRaw writes a message without WriteMessage's size check, as a server
+// that ignores the limit would.
+func writeRaw(w io.Writer, op xenstore.Op, reqID uint32, payload []byte) error {
+	b := make([]byte, xenstore.HeaderSize, xenstore.HeaderSize+len(payload))
+	binary.LittleEndian.PutUint32(b[0:], uint32(op))
+	binary.LittleEndian.PutUint32(b[4:], reqID)
+	binary.LittleEndian.PutUint32(b[12:], uint32(len(payload)))
+	_, err := w.Write(append(b, payload...))
+	return err
 }
 
 func TestUnexpectedReplyType(t *testing.T) {

@@ -122,11 +122,18 @@ func WriteMessage(w io.Writer, m Message) error {
 	return nil
 }
 
-// ReadMessage reads one message from r. It returns io.EOF only when r ends
-// cleanly between messages; a message cut short gives io.ErrUnexpectedEOF.
-// A header announcing more than PayloadMax bytes is an error
-// (ErrPayloadTooLarge) because the stream can no longer be trusted.
+// ReadMessage reads one message from r, refusing a payload over PayloadMax
+// (ErrPayloadTooLarge) as xenstored does for requests. It returns io.EOF
+// only when r ends cleanly between messages; a message cut short gives
+// io.ErrUnexpectedEOF.
 func ReadMessage(r io.Reader) (Message, error) {
+	return ReadMessageMax(r, PayloadMax)
+}
+
+// ReadMessageMax is ReadMessage with another payload limit. A header
+// announcing more than max bytes is an error (ErrPayloadTooLarge) and the
+// stream can no longer be trusted: nothing of the payload is read.
+func ReadMessageMax(r io.Reader, max uint32) (Message, error) {
 	var h [HeaderSize]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return Message{}, err
@@ -137,8 +144,8 @@ func ReadMessage(r io.Reader) (Message, error) {
 		TxID:  binary.LittleEndian.Uint32(h[8:]),
 	}
 	n := binary.LittleEndian.Uint32(h[12:])
-	if n > PayloadMax {
-		return Message{}, fmt.Errorf("incoming %s with %d bytes: %w", m.Type, n, ErrPayloadTooLarge)
+	if n > max {
+		return Message{}, fmt.Errorf("incoming %s with %d bytes (limit %d): %w", m.Type, n, max, ErrPayloadTooLarge)
 	}
 	m.Payload = make([]byte, n)
 	if _, err := io.ReadFull(r, m.Payload); err != nil {

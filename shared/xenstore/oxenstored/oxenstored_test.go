@@ -237,3 +237,57 @@ func TestRestartBreaksConnection(t *testing.T) {
 		t.Fatalf("read after restart: %v", err)
 	}
 }
+
+// oxenstored answers DIRECTORY on its socket with lists longer than
+// XENSTORE_PAYLOAD_MAX; the client must accept them (150 nova requests
+// written at once by the host is such a list).
+func TestLongDirectory(t *testing.T) {
+	d, c, ctx := setup(t)
+	const dir = "/local/domain/1/data/host"
+	var want, pairs []string
+	for i := range 150 {
+		id := fmt.Sprintf("%08x-0000-4000-8000-000000000000", i)
+		want = append(want, id)
+		pairs = append(pairs, dir+"/"+id, `{"name":"version","value":"agent"}`)
+	}
+	if err := d.XenstoreWrite(ctx, pairs...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Directory(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %d names, want %d", len(got), len(want))
+	}
+	// The connection is still in step afterwards.
+	if v, err := c.Read(ctx, dir+"/"+want[149]); err != nil || !strings.Contains(string(v), "version") {
+		t.Fatalf("Read after long listing = %q, %v", v, err)
+	}
+}
+
+// Relative paths on oxenstored's socket resolve under dom0's home, as they
+// do in the test server by default.
+func TestRelativePaths(t *testing.T) {
+	d, c, ctx := setup(t)
+	if err := c.Write(ctx, "data/host/r", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := d.XenstoreRead(ctx, "/local/domain/0/data/host/r"); err != nil || v != "v" {
+		t.Fatalf("CLI read %q, %v", v, err)
+	}
+	w, err := c.Watch(ctx, "data/host", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, w); ev.Path != "data/host" {
+		t.Fatalf("initial event %+v", ev)
+	}
+	if err := d.XenstoreWrite(ctx, "/local/domain/0/data/host/s", "w"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, w); ev.Path != "data/host/s" {
+		t.Fatalf("event %+v: relative watches report relative paths", ev)
+	}
+}

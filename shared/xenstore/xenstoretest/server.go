@@ -41,7 +41,9 @@ type Action struct {
 
 // Hook inspects each request before the server handles it. It runs on the
 // connection's goroutine without server locks held, so it may call Server
-// methods.
+// methods, except Stop, Restart and Close, which wait for that goroutine.
+// It may block to delay the request (and everything after it on that
+// connection).
 type Hook func(req xenstore.Message) Action
 
 // Option configures a Server.
@@ -216,8 +218,11 @@ func (s *Server) Watches() int {
 func (s *Server) Read(path string) ([]byte, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !validPath(path) {
+		return nil, false
+	}
 	n := s.root.lookup(path)
-	if n == nil || !validPath(path) {
+	if n == nil {
 		return nil, false
 	}
 	return append([]byte(nil), n.value...), true
@@ -258,8 +263,11 @@ func (s *Server) Rm(path string) error {
 func (s *Server) Directory(path string) ([]string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !validPath(path) {
+		return nil, false
+	}
 	n := s.root.lookup(path)
-	if n == nil || !validPath(path) {
+	if n == nil {
 		return nil, false
 	}
 	return n.childNames(), true
