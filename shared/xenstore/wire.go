@@ -131,9 +131,9 @@ func ReadMessage(r io.Reader) (Message, error) {
 }
 
 // ReadMessageMax is ReadMessage with another payload limit. A header
-// announcing more than max bytes is an error (ErrPayloadTooLarge) and the
+// announcing more than limit bytes is an error (ErrPayloadTooLarge) and the
 // stream can no longer be trusted: nothing of the payload is read.
-func ReadMessageMax(r io.Reader, max uint32) (Message, error) {
+func ReadMessageMax(r io.Reader, limit uint32) (Message, error) {
 	var h [HeaderSize]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return Message{}, err
@@ -144,8 +144,8 @@ func ReadMessageMax(r io.Reader, max uint32) (Message, error) {
 		TxID:  binary.LittleEndian.Uint32(h[8:]),
 	}
 	n := binary.LittleEndian.Uint32(h[12:])
-	if n > max {
-		return Message{}, fmt.Errorf("incoming %s with %d bytes (limit %d): %w", m.Type, n, max, ErrPayloadTooLarge)
+	if n > limit {
+		return Message{}, fmt.Errorf("incoming %s with %d bytes (limit %d): %w", m.Type, n, limit, ErrPayloadTooLarge)
 	}
 	m.Payload = make([]byte, n)
 	if _, err := io.ReadFull(r, m.Payload); err != nil {
