@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/sdk"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// groupMembers are the live processes of a process group.
+func groupMembers(pgrp int) []procStat {
+	return processes(func(s procStat) bool { return s.pgrp == pgrp && s.state != 'Z' })
+}
+
+func TestShutdownKillOnExit(t *testing.T) {
+	a := newTestAgent(t, `{"kill_on_exit":true}`)
+	// A grandchild in the same group holds the output pipe: the whole
+	// group must go.
+	pid := a.exec(`{"path":"/bin/sh","arg":["-c","sleep 30 & sleep 30"],"capture-output":true}`)
+	waitFor(t, "the grandchild", 5*time.Second, func() bool { return len(groupMembers(int(pid))) >= 2 })
+	start := time.Now()
+	a.ex.shutdown()
+	if d := time.Since(start); d > killGrace {
+		t.Fatalf("shutdown took %s: SIGTERM should have been enough", d)
+	}
+	if m := groupMembers(int(pid)); len(m) != 0 {
+		t.Fatalf("group members left after shutdown: %v", m)
+	}
+	st := a.mustCall("guest-exec-status", fmt.Sprintf(`{"pid":%d}`, pid))
+	if st["exited"] != true || st["signal"] != float64(syscall.SIGTERM) {
+		t.Fatalf("status after shutdown: %v", st)
+	}
+	if _, e := a.call("guest-exec", `{"path":"/bin/true"}`); e == nil || !strings.Contains(e.Desc, "shutting down") {
+		t.Fatalf("exec after shutdown: %v", e)
+	}
+}
+
+func TestShutdownKillOnExitEscalates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the SIGTERM grace period")
+	}
+	a := newTestAgent(t, `{"kill_on_exit":true}`)
+	pid := a.exec(`{"path":"/bin/sh","arg":["-c","trap '' TERM; echo ready; sleep 30"],"capture-output":true}`)
+	waitFor(t, "the trap", 5*time.Second, func() bool { return len(groupMembers(int(pid))) >= 2 })
+	a.ex.shutdown()
+	if m := groupMembers(int(pid)); len(m) != 0 {
+		t.Fatalf("group members left after shutdown: %v", m)
+	}
+	if st := a.mustCall("guest-exec-status", fmt.Sprintf(`{"pid":%d}`, pid)); st["signal"] != float64(syscall.SIGKILL) {
+		t.Fatalf("status: %v", st)
+	}
+}
+
+func TestShutdownDefaultLeavesChildren(t *testing.T) {
+	a := newTestAgent(t, "")
+	pid := a.exec(`{"path":"/bin/sleep","arg":["30"]}`)
+	a.ex.shutdown()
+	if !alive(int(pid)) {
+		t.Fatal("child killed by shutdown without kill_on_exit")
+	}
+	if _, e := a.call("guest-exec", `{"path":"/bin/true"}`); e == nil || !strings.Contains(e.Desc, "shutting down") {
+		t.Fatalf("exec after shutdown: %v", e)
+	}
+	// Still reaped by the plugin while it lives.
+	_ = syscall.Kill(int(pid), syscall.SIGKILL)
+	a.wait(int64(pid))
+	waitFor(t, "no zombie children", 5*time.Second, func() bool { return len(zombieChildren()) == 0 })
+}
+
+const helperEnv = "CMDEXEC_TEST_HELPER_OPTIONS"
+
+// helperMain is the test binary acting as the plugin process: it starts
+// `sleep 30` through guest-exec, prints the pid and waits to be killed.
+func helperMain(opts string) {
+	p, _ := newPlugin()
+	p.Logger = hclog.NewNullLogger()
+	if err := p.Configure(sdk.Config{Options: json.RawMessage(opts), Logger: hclog.NewNullLogger()}); err != nil {
+		fmt.Println("configure:", err)
+		os.Exit(2)
+	}
+	resp := p.Run(context.Background(), &pb.RunRequest{Command: "guest-exec", ArgsJson: []byte(`{"path":"/bin/sleep","arg":["30"],"capture-output":true}`)})
+	if resp.Error != nil {
+		fmt.Println("exec:", resp.Error.Desc)
+		os.Exit(2)
+	}
+	fmt.Println(string(resp.ResultJson))
+	time.Sleep(time.Minute)
+}
+
+// TestPluginKilled SIGKILLs a real plugin process with a running child. The
+// test process is made a child subreaper so that it inherits the orphan, can
+// check it and reaps it.
+func TestPluginKilled(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("no child subreaper: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	for _, c := range []struct {
+		opts        string
+		survives    bool
+		description string
+	}{
+		{"", true, "default: the child outlives the plugin, as qemu-ga's do"},
+		{`{"kill_on_exit":true}`, false, "kill_on_exit: the parent-death signal kills the child"},
+	} {
+		t.Run(c.description, func(t *testing.T) {
+			helper := exec.Command(os.Args[0], "-test.run=^$")
+			helper.Env = append(os.Environ(), helperEnv+"="+c.opts)
+			out, err := helper.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := helper.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(out).ReadString('\n')
+			if err != nil {
+				t.Fatalf("helper: %v", err)
+			}
+			var r struct{ Pid int }
+			if err := json.Unmarshal([]byte(line), &r); err != nil || r.Pid <= 0 {
+				t.Fatalf("helper said %q", line)
+			}
+			_ = helper.Process.Kill()
+			_ = helper.Wait()
+
+			reaped := make(chan unix.WaitStatus, 1)
+			go func() {
+				var ws unix.WaitStatus
+				for {
+					_, err := unix.Wait4(r.Pid, &ws, 0, nil)
+					if err != unix.EINTR {
+						break
+					}
+				}
+				reaped <- ws
+			}()
+			if c.survives {
+				waitFor(t, "the orphan to be reparented", 5*time.Second, func() bool {
+					st, err := readStat(r.Pid)
+					return err == nil && st.ppid == os.Getpid()
+				})
+				if !alive(r.Pid) {
+					t.Fatal("child died with the plugin")
+				}
+				_ = syscall.Kill(r.Pid, syscall.SIGKILL)
+			}
+			select {
+			case ws := <-reaped:
+				if ws.Signal() != syscall.SIGKILL {
+					t.Fatalf("orphan ended with %v", ws)
+				}
+			case <-time.After(5 * time.Second):
+				_ = syscall.Kill(r.Pid, syscall.SIGKILL)
+				t.Fatal("child still running after the plugin was killed")
+			}
+		})
+	}
+}
