@@ -2,12 +2,14 @@ module github.com/guest-agent/guest-agent/plugins/parser-json
 
 go 1.26.0
 
-require github.com/guest-agent/guest-agent/shared v0.0.0
+require (
+	github.com/guest-agent/guest-agent/shared v0.0.0
+	github.com/hashicorp/go-hclog v1.6.3
+)
 
 require (
 	github.com/fatih/color v1.13.0 // indirect
 	github.com/golang/protobuf v1.5.4 // indirect
-	github.com/hashicorp/go-hclog v1.6.3 // indirect
 	github.com/hashicorp/go-plugin v1.8.0 // indirect
 	github.com/hashicorp/yamux v0.1.2 // indirect
 	github.com/mattn/go-colorable v0.1.12 // indirect
