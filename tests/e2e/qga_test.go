@@ -219,7 +219,7 @@ func TestLargeMessagesBothWays(t *testing.T) {
 		Count int    `json:"count"`
 		Out   string `json:"out-b64"`
 	}
-	if err := json.Unmarshal(r.Return, &out); err != nil || out.Count != 41943040 || len(out.Out) != 55924054 {
+	if err := json.Unmarshal(r.Return, &out); err != nil || out.Count != 41943040 || len(out.Out) != 55924056 {
 		t.Fatalf("large reply: count=%d len=%d err=%v", out.Count, len(out.Out), err)
 	}
 	payload := strings.Repeat("QUJD", 4<<20) // 16 MiB of base64 = 12 MiB

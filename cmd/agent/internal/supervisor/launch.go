@@ -83,6 +83,11 @@ func (l *launcher) launch(spec launchSpec) (*running, error) {
 
 func startPlugin(spec launchSpec) (*running, error) {
 	cmd := exec.Command(spec.path)
+	// go-plugin honours UnixSocketConfig.TempDir only with a custom runner;
+	// the plugin side reads this variable, for its own socket and the
+	// broker's. The directory is swept at start-up, so a killed agent leaves
+	// nothing behind for long.
+	cmd.Env = []string{"PLUGIN_UNIX_SOCKET_DIR=" + spec.sockDir}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL,
 		// Own process group: a terminal's Ctrl-C reaches the supervisor
@@ -97,7 +102,6 @@ func startPlugin(spec launchSpec) (*running, error) {
 		AutoMTLS:         true,
 		Logger:           spec.logger,
 		StartTimeout:     20 * time.Second,
-		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: spec.sockDir},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
 	}
