@@ -37,10 +37,11 @@ type Exchange struct {
 	SysfsRoot string
 	DevRoot   string
 
-	// devFlags replaces O_RDWR when opening a virtio-serial device. Tests use
-	// O_RDONLY on a FIFO, which behaves like a port on the read side (EOF and
-	// POLLHUP while the writer, the "host", is away; SIGIO on changes).
-	devFlags int
+	// devReadOnly opens virtio-serial devices O_RDONLY instead of O_RDWR.
+	// Tests use a FIFO, which behaves like a port on the read side (EOF and
+	// POLLHUP while the writer, the "host", is away; SIGIO on changes) but
+	// would be its own writer if opened O_RDWR.
+	devReadOnly bool
 
 	mu    sync.Mutex
 	inUse map[string]chan struct{} // resource → closed when released

@@ -230,9 +230,9 @@ func (p *virtioPort) acquire(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	flags := p.e.devFlags
-	if flags == 0 {
-		flags = unix.O_RDWR
+	flags := unix.O_RDWR
+	if p.e.devReadOnly {
+		flags = unix.O_RDONLY
 	}
 	var fd int
 	for start := time.Now(); ; {
