@@ -83,8 +83,9 @@ const helperEnv = "CMDEXEC_TEST_HELPER_OPTIONS"
 // helperMain is the test binary acting as the plugin process: it starts
 // `sleep 30` through guest-exec, prints the pid and waits to be killed.
 func helperMain(opts string) {
-	p, _ := newPlugin()
+	p, ex := newPlugin()
 	p.Logger = hclog.NewNullLogger()
+	stopOnSigterm(p, ex)
 	if err := p.Configure(sdk.Config{Options: json.RawMessage(opts), Logger: hclog.NewNullLogger()}); err != nil {
 		fmt.Println("configure:", err)
 		os.Exit(2)
@@ -98,23 +99,32 @@ func helperMain(opts string) {
 	time.Sleep(time.Minute)
 }
 
-// TestPluginKilled SIGKILLs a real plugin process with a running child. The
-// test process is made a child subreaper so that it inherits the orphan, can
-// check it and reaps it.
-func TestPluginKilled(t *testing.T) {
+// TestPluginProcessEnd stops a real plugin process (the test binary as
+// helperMain) that has a running child, with SIGKILL or SIGTERM. The test
+// process is made a child subreaper so that it inherits orphans, can check
+// them and reaps them (this machine's PID 1 may not).
+func TestPluginProcessEnd(t *testing.T) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		t.Skipf("no child subreaper: %v", err)
 	}
 	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	const (
+		survives        = iota // orphaned, alive, reaped by whoever inherits it
+		killedOrphan           // killed by the parent-death signal, reaped by whoever inherits it
+		killedAndReaped        // killed and reaped by the plugin itself before it exits
+	)
 	for _, c := range []struct {
-		opts        string
-		survives    bool
-		description string
+		name string
+		opts string
+		sig  syscall.Signal
+		want int
 	}{
-		{"", true, "default: the child outlives the plugin, as qemu-ga's do"},
-		{`{"kill_on_exit":true}`, false, "kill_on_exit: the parent-death signal kills the child"},
+		{"SIGKILL default: the child outlives the plugin, as qemu-ga's do", "", syscall.SIGKILL, survives},
+		{"SIGTERM default: the child outlives the plugin", "", syscall.SIGTERM, survives},
+		{"SIGKILL kill_on_exit: the parent-death signal kills the child", `{"kill_on_exit":true}`, syscall.SIGKILL, killedOrphan},
+		{"SIGTERM kill_on_exit: the plugin kills and reaps the child", `{"kill_on_exit":true}`, syscall.SIGTERM, killedAndReaped},
 	} {
-		t.Run(c.description, func(t *testing.T) {
+		t.Run(c.name, func(t *testing.T) {
 			helper := exec.Command(os.Args[0], "-test.run=^$")
 			helper.Env = append(os.Environ(), helperEnv+"="+c.opts)
 			out, err := helper.StdoutPipe()
@@ -132,9 +142,18 @@ func TestPluginKilled(t *testing.T) {
 			if err := json.Unmarshal([]byte(line), &r); err != nil || r.Pid <= 0 {
 				t.Fatalf("helper said %q", line)
 			}
-			_ = helper.Process.Kill()
+			_ = helper.Process.Signal(c.sig)
 			_ = helper.Wait()
 
+			if c.want == killedAndReaped {
+				if _, err := os.Stat(fmt.Sprintf("/proc/%d", r.Pid)); err == nil {
+					st, _ := readStat(r.Pid)
+					_ = syscall.Kill(r.Pid, syscall.SIGKILL)
+					_, _ = unix.Wait4(r.Pid, nil, 0, nil)
+					t.Fatalf("child left behind by the plugin: %+v", st)
+				}
+				return
+			}
 			reaped := make(chan unix.WaitStatus, 1)
 			go func() {
 				var ws unix.WaitStatus
@@ -146,13 +165,10 @@ func TestPluginKilled(t *testing.T) {
 				}
 				reaped <- ws
 			}()
-			if c.survives {
-				waitFor(t, "the orphan to be reparented", 5*time.Second, func() bool {
-					st, err := readStat(r.Pid)
-					return err == nil && st.ppid == os.Getpid()
-				})
-				if !alive(r.Pid) {
-					t.Fatal("child died with the plugin")
+			if c.want == survives {
+				st, err := readStat(r.Pid)
+				if err != nil || st.state == 'Z' || st.ppid != os.Getpid() {
+					t.Fatalf("child did not survive the plugin as an orphan: %+v %v", st, err)
 				}
 				_ = syscall.Kill(r.Pid, syscall.SIGKILL)
 			}
@@ -163,7 +179,7 @@ func TestPluginKilled(t *testing.T) {
 				}
 			case <-time.After(5 * time.Second):
 				_ = syscall.Kill(r.Pid, syscall.SIGKILL)
-				t.Fatal("child still running after the plugin was killed")
+				t.Fatal("child still running after the plugin ended")
 			}
 		})
 	}

@@ -18,11 +18,17 @@ var version = "dev"
 
 func main() {
 	p, ex := newPlugin()
-	// SIGTERM (the supervisor stopping us) and the end of ServeCommands (the
-	// supervisor's graceful Shutdown call) both go through the same
-	// shutdown, which kills the children's process groups only when
-	// kill_on_exit is set; by default they outlive the plugin as they outlive
-	// qemu-ga (see README.md).
+	stopOnSigterm(p, ex)
+	sdk.ServeCommands(p)
+	ex.shutdown()
+}
+
+// stopOnSigterm makes SIGTERM (the supervisor stopping us) go through the
+// same shutdown as the end of ServeCommands (the supervisor's graceful
+// Shutdown call): it kills the children's process groups only when
+// kill_on_exit is set; by default they outlive the plugin as they outlive
+// qemu-ga (see README.md).
+func stopOnSigterm(p *sdk.CommandPlugin, ex *execer) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)
 	go func() {
@@ -31,8 +37,6 @@ func main() {
 		ex.shutdown()
 		os.Exit(0)
 	}()
-	sdk.ServeCommands(p)
-	ex.shutdown()
 }
 
 // newPlugin builds the plugin and the exec state behind it. The state is
