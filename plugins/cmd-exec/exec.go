@@ -127,6 +127,9 @@ type execer struct {
 	procs   map[int64]*record
 	running int // children holding a max_concurrent slot
 	closing bool
+	// starting counts execs between their slot and their record, so that
+	// shutdown sees every child.
+	starting sync.WaitGroup
 }
 
 func newExecer(log hclog.Logger, opts options) *execer {
@@ -291,10 +294,12 @@ func (e *execer) start(req *execRequest) (int64, error) {
 		return 0, sdk.Errorf("guest-exec refused: %d commands are already running (max_concurrent is %d)", n, opts.MaxConcurrent)
 	}
 	e.running++
+	e.starting.Add(1)
 	e.mu.Unlock()
 	req.resolved = resolved
 
 	rec, err := e.spawn(req, opts)
+	e.starting.Done()
 	if err != nil {
 		e.mu.Lock()
 		e.running--
@@ -544,6 +549,9 @@ const killGrace = 2 * time.Second
 func (e *execer) shutdown() {
 	e.mu.Lock()
 	e.closing = true
+	e.mu.Unlock()
+	e.starting.Wait()
+	e.mu.Lock()
 	opts := e.opts
 	var live []*record
 	for _, rec := range e.procs {
