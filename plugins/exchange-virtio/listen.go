@@ -34,7 +34,7 @@ const (
 
 // listenOptions are the options of unix-listen and vsock-listen.
 type listenOptions struct {
-	SocketMode     string          `json:"socket_mode"`  // octal string, unix-listen only
+	SocketMode     json.RawMessage `json:"socket_mode"`  // octal, unix-listen only
 	SocketOwner    json.RawMessage `json:"socket_owner"` // user name or uid, unix-listen only
 	SocketGroup    json.RawMessage `json:"socket_group"` // group name or gid, unix-listen only
 	MaxConnections int             `json:"max_connections"`
@@ -78,7 +78,12 @@ func (e *Exchange) openUnix(ctx context.Context, ch sdk.Channel, out *session.Ou
 	if ch.Path == "" {
 		return "", errors.New("unix-listen: a socket path is required (-p/--path)")
 	}
-	path := ch.Path
+	// The supervisor and the people reading its logs need the real place;
+	// a relative path would also depend on this plugin's working directory.
+	path, err := filepath.Abs(ch.Path)
+	if err != nil {
+		return "", fmt.Errorf("unix-listen: %w", err)
+	}
 	if len(path) > maxUnixPath {
 		return "", fmt.Errorf("unix-listen: socket path %s is %d bytes, over the %d-byte limit of unix sockets", path, len(path), maxUnixPath)
 	}
@@ -195,13 +200,23 @@ func removeStaleSocket(path string, log hclog.Logger) error {
 	return nil
 }
 
-func parseMode(s string) (uint32, error) {
-	if s == "" {
+// parseMode reads socket_mode: an octal string ("0660"), or a number whose
+// digits are read as octal, since HCL turns socket_mode = 0660 into 660.
+func parseMode(raw json.RawMessage) (uint32, error) {
+	if len(raw) == 0 || string(raw) == "null" {
 		return defaultSocketMode, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		var n json.Number
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return 0, fmt.Errorf("unix-listen: socket_mode must be an octal string like \"0660\", got %s", raw)
+		}
+		s = n.String()
 	}
 	m, err := strconv.ParseUint(s, 8, 32)
 	if err != nil || m > 0o777 {
-		return 0, fmt.Errorf("unix-listen: socket_mode %q is not an octal permission like \"0660\"", s)
+		return 0, fmt.Errorf("unix-listen: socket_mode %s is not an octal permission like \"0660\"", raw)
 	}
 	return uint32(m), nil
 }
@@ -242,7 +257,7 @@ func (e *Exchange) openVsock(ctx context.Context, ch sdk.Channel, out *session.O
 	if err := decodeOptions(ch, &opts, listenOptionNames...); err != nil {
 		return "", err
 	}
-	if opts.SocketMode != "" || len(opts.SocketOwner) > 0 || len(opts.SocketGroup) > 0 {
+	if len(opts.SocketMode) > 0 || len(opts.SocketOwner) > 0 || len(opts.SocketGroup) > 0 {
 		ch.Logger.Warn("socket_mode/socket_owner/socket_group do not apply to vsock-listen; ignored")
 	}
 	cid, port, err := parseVsockAddr(ch.Path)

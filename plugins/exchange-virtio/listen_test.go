@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -208,6 +209,7 @@ func TestUnixListenStaleAndLive(t *testing.T) {
 		{"socket_owner": "no-such-user-here"},
 		{"socket_group": "no-such-group-here"},
 		{"socket_owner": -3},
+		{"socket_mode": 689},
 	} {
 		if _, err := e.Open(context.Background(), channel(t, methodUnix, filepath.Join(dir, "o.sock"), opts), p.out); err == nil {
 			t.Errorf("options %v accepted", opts)
@@ -382,4 +384,18 @@ func TestVsockSessions(t *testing.T) {
 		t.Errorf("read %q", got)
 	}
 	r.f.Close()
+}
+
+func TestParseMode(t *testing.T) {
+	for in, want := range map[string]uint32{`"0660"`: 0o660, `"600"`: 0o600, `660`: 0o660, `0`: 0, `"0777"`: 0o777} {
+		got, err := parseMode(json.RawMessage(in))
+		if err != nil || got != want {
+			t.Errorf("%s: %#o, %v; want %#o", in, got, err, want)
+		}
+	}
+	for _, in := range []string{`"rw"`, `"01777"`, `689`, `1.5`, `true`, `-1`} {
+		if _, err := parseMode(json.RawMessage(in)); err == nil {
+			t.Errorf("%s accepted", in)
+		}
+	}
 }
