@@ -57,7 +57,8 @@ func (s *system) setTime(ctx context.Context, call *sdk.Call) (any, error) {
 		if year < 1970 || year >= 2070 {
 			return nil, sdk.Errorf("Invalid time")
 		}
-		tv := unix.NsecToTimeval(ns)
+		// Truncated to the microsecond as qemu-ga does (NsecToTimeval rounds).
+		tv := unix.NsecToTimeval(ns - nsec%1000)
 		s.log.Info("setting the system time", "time", time.Unix(sec, nsec).UTC())
 		if err := s.settimeofday(&tv); err != nil {
 			return nil, sdk.Errorf("Failed to set time to guest: %s", strerror(err))
