@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"syscall"
 
@@ -75,7 +76,13 @@ func getRoutes(_ context.Context, call *sdk.Call) (any, error) {
 	return append(v4, v6...), nil
 }
 
-func linkNames() (map[int]string, error) {
+// linkInfo is what the route listing needs of a link.
+type linkInfo struct {
+	name     string
+	loopback bool
+}
+
+func linkNames() (map[int]linkInfo, error) {
 	var links []netlink.Link
 	var err error
 	for range dumpRetries {
@@ -86,9 +93,10 @@ func linkNames() (map[int]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := make(map[int]string, len(links))
+	names := make(map[int]linkInfo, len(links))
 	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
+		a := l.Attrs()
+		names[a.Index] = linkInfo{name: a.Name, loopback: a.Flags&net.FlagLoopback != 0}
 	}
 	return names, nil
 }
@@ -99,7 +107,7 @@ func ptr[T any](v T) *T { return &v }
 // fib_trie.c, fib_route_seq_show): broadcast and multicast entries left out,
 // the first next hop of a multipath route, flags from fib_flag_trans, MTU
 // as advmss+40, IRTT as the rtt metric / 8; RefCnt and Use are always 0.
-func ipv4Routes(names map[int]string) ([]*netRoute, error) {
+func ipv4Routes(names map[int]linkInfo) ([]*netRoute, error) {
 	var routes []netlink.Route
 	var err error
 	for range dumpRetries {
@@ -123,8 +131,8 @@ func ipv4Routes(names map[int]string) ([]*netRoute, error) {
 			dev, gw, via = nh.LinkIndex, nh.Gw, nh.Via
 		}
 		iface := "*"
-		if n, ok := names[dev]; ok && dev != 0 {
-			iface = n
+		if l, ok := names[dev]; ok && dev != 0 {
+			iface = l.name
 		}
 		dst, mask := net.IPv4zero.To4(), net.IPv4Mask(0, 0, 0, 0)
 		if r.Dst != nil {
@@ -201,7 +209,7 @@ type nexthop6 struct {
 //   - RefCnt, the kernel's internal reference count, is not in the dump
 //     either and is given as 1 (the table's own reference); Use is 0 as in
 //     the /proc file.
-func ipv6Routes(names map[int]string) ([]*netRoute, error) {
+func ipv6Routes(names map[int]linkInfo) ([]*netRoute, error) {
 	var rs []route6
 	var err error
 	for range dumpRetries {
@@ -231,13 +239,13 @@ func ipv6Routes(names map[int]string) ([]*netRoute, error) {
 				rootUsed = true
 			}
 			for _, nh := range r.nexthops {
-				name, ok := names[nh.ifindex]
+				l, ok := names[nh.ifindex]
 				if !ok || nh.ifindex == 0 {
 					// qemu-ga's sscanf does not match a line without a
 					// device name.
 					continue
 				}
-				out = append(out, route6Entry(r, nh, name))
+				out = append(out, route6Entry(r, nh, l))
 			}
 		}
 		if !rootUsed {
@@ -253,7 +261,7 @@ func ipv6Routes(names map[int]string) ([]*netRoute, error) {
 	return out, nil
 }
 
-func route6Entry(r *route6, nh nexthop6, iface string) *netRoute {
+func route6Entry(r *route6, nh nexthop6, link linkInfo) *netRoute {
 	var flags uint64 = rtfUp
 	nexthop := [16]byte{}
 	if len(nh.gw) == 16 {
@@ -261,8 +269,6 @@ func route6Entry(r *route6, nh nexthop6, iface string) *netRoute {
 		flags |= rtfGateway
 	}
 	switch r.typ {
-	case unix.RTN_UNREACHABLE, unix.RTN_PROHIBIT, unix.RTN_BLACKHOLE, unix.RTN_THROW:
-		flags |= rtfReject
 	case unix.RTN_LOCAL:
 		flags |= rtfLocal
 	case unix.RTN_ANYCAST:
@@ -284,8 +290,15 @@ func route6Entry(r *route6, nh nexthop6, iface string) *netRoute {
 		}
 	}
 	flags |= uint64(r.pref&3) << rtfPrefShift
+	if isReject6(r, link) {
+		// ip6_route_info_create replaces the flags of a reject route.
+		flags = rtfReject | rtfNonexthop
+		if r.expires {
+			flags |= rtfExpires
+		}
+	}
 	return &netRoute{
-		Iface:        iface,
+		Iface:        link.name,
 		Destination:  ntop6(r.dst),
 		Metric:       int64(r.metric),
 		Flags:        ptr(flags),
@@ -297,6 +310,19 @@ func route6Entry(r *route6, nh nexthop6, iface string) *netRoute {
 		Nexthop:      ptr(ntop6(nexthop)),
 		Version:      6,
 	}
+}
+
+// isReject6 is the kernel's fib6_is_reject: a reject type, or a route
+// through the loopback device to anything but ::1 (which the kernel turns
+// into a reject route).
+func isReject6(r *route6, link linkInfo) bool {
+	switch r.typ {
+	case unix.RTN_UNREACHABLE, unix.RTN_PROHIBIT, unix.RTN_BLACKHOLE, unix.RTN_THROW:
+		return true
+	case unix.RTN_LOCAL, unix.RTN_ANYCAST, unix.RTN_MULTICAST:
+		return false
+	}
+	return link.loopback && r.dst != netip.IPv6Loopback().As16()
 }
 
 // nullEntry6 is the kernel's ip6_null_entry as /proc/net/ipv6_route prints
