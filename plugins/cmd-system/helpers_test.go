@@ -137,11 +137,13 @@ func recorder(t *testing.T, dir, name string, status int, msg string) (script, a
 	t.Helper()
 	argsFile = filepath.Join(dir, name+".args")
 	stdinFile = filepath.Join(dir, name+".stdin")
+	msgFile := filepath.Join(dir, name+".msg")
+	writeFile(t, msgFile, msg, 0o644)
 	body := fmt.Sprintf(`: > %[1]q
 for a in "$@"; do printf '%%s\n' "$a" >> %[1]q; done
 cat > %[2]q
-printf '%%s' %[3]q
-exit %[4]d`, argsFile, stdinFile, msg, status)
+cat %[3]q
+exit %[4]d`, argsFile, stdinFile, msgFile, status)
 	script = writeScript(t, filepath.Join(dir, name), body)
 	return script, argsFile, stdinFile
 }

@@ -138,21 +138,36 @@ func (s *system) openSSHDir(u *passwdEntry, create bool) (*sshDir, error) {
 
 // readKeys returns the lines of authorized_keys, without the final empty
 // one a trailing newline makes. The error texts are glib's, as qemu-ga
-// quotes them.
-func (s *system) readKeys(d *sshDir) ([]string, error) {
+// quotes them. The file is opened non-blocking and must be a regular file:
+// a FIFO planted by the user would hang the plugin. Before a rewrite
+// (forUpdate) it must also be the file itself, not a symlink or a hard link:
+// its content ends up in a file the user owns, and the user must not be
+// able to pull /etc/shadow into it.
+func (s *system) readKeys(d *sshDir, forUpdate bool) ([]string, error) {
 	path := d.keysPath()
-	fd, err := unix.Openat(d.fd, "authorized_keys", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	flags := unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK
+	if forUpdate {
+		flags |= unix.O_NOFOLLOW
+	}
+	fd, err := unix.Openat(d.fd, "authorized_keys", flags, 0)
 	if err != nil {
-		return nil, fmt.Errorf("failed to read '%s': Failed to open file “%s”: %s", path, path, strerror(err))
+		return nil, &keysErr{fmt.Sprintf("failed to read '%s': Failed to open file “%s”: %s", path, path, strerror(err)), err}
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, &keysErr{fmt.Sprintf("failed to read '%s': %s", path, strerror(err)), err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || (forUpdate && st.Nlink > 1) {
+		return nil, &keysErr{fmt.Sprintf("failed to read '%s': not a regular file of its own", path), unix.EINVAL}
+	}
 	data, err := io.ReadAll(io.LimitReader(f, s.opts.MaxFileBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("failed to read '%s': Failed to read from file “%s”: %s", path, path, strerror(err))
+		return nil, &keysErr{fmt.Sprintf("failed to read '%s': Failed to read from file “%s”: %s", path, path, strerror(err)), err}
 	}
 	if int64(len(data)) > s.opts.MaxFileBytes {
-		return nil, fmt.Errorf("failed to read '%s': file larger than %d bytes", path, s.opts.MaxFileBytes)
+		return nil, &keysErr{fmt.Sprintf("failed to read '%s': file larger than %d bytes", path, s.opts.MaxFileBytes), unix.EFBIG}
 	}
 	if len(data) == 0 {
 		return []string{}, nil
@@ -163,6 +178,15 @@ func (s *system) readKeys(d *sshDir) ([]string, error) {
 	}
 	return lines, nil
 }
+
+// keysErr is a read failure of authorized_keys, with its qemu-ga text.
+type keysErr struct {
+	msg string
+	err error
+}
+
+func (e *keysErr) Error() string { return e.msg }
+func (e *keysErr) Unwrap() error { return e.err }
 
 // writeKeys replaces authorized_keys atomically: a temporary file in the
 // same directory, owned by the user with mode 0600 before it holds a byte,
@@ -235,7 +259,7 @@ func (s *system) sshGetKeys(_ context.Context, call *sdk.Call) (any, error) {
 		return nil, sdk.Errorf("failed to read '%s': Failed to open file “%s”: %s", p, p, strerror(unix.ENOENT))
 	}
 	defer d.close()
-	lines, err := s.readKeys(d)
+	lines, err := s.readKeys(d, false)
 	if err != nil {
 		return nil, sdk.Errorf("%s", err)
 	}
@@ -289,8 +313,14 @@ func (s *system) sshAddKeys(_ context.Context, call *sdk.Call) (any, error) {
 	defer d.close()
 	lines := []string{}
 	if a.Reset == nil || !*a.Reset {
-		if old, err := s.readKeys(d); err == nil {
+		// A missing file is a new one. Any other failure stops here: qemu-ga
+		// would start afresh and drop keys it merely could not read.
+		old, err := s.readKeys(d, true)
+		switch {
+		case err == nil:
 			lines = old
+		case !errors.Is(err, unix.ENOENT):
+			return nil, sdk.Errorf("%s", err)
 		}
 	}
 	present := make(map[string]bool, len(lines)+len(keys))
@@ -340,7 +370,7 @@ func (s *system) sshRemoveKeys(_ context.Context, call *sdk.Call) (any, error) {
 	if err := unix.Fstatat(d.fd, "authorized_keys", &st, 0); errors.Is(err, unix.ENOENT) {
 		return nil, nil
 	}
-	lines, err := s.readKeys(d)
+	lines, err := s.readKeys(d, true)
 	if err != nil {
 		return nil, sdk.Errorf("%s", err)
 	}

@@ -144,8 +144,8 @@ func TestSetVCPUs(t *testing.T) {
 func TestSetVCPUsArguments(t *testing.T) {
 	tp := newTestPlugin(t, map[string]any{"sys_root": fakeCPUs(t)})
 	for args, want := range map[string]string{
-		`{}`: "Parameter 'vcpus' is missing",
-		`{"vcpus":{}}`: "Invalid parameter type for 'vcpus', expected: array",
+		`{}`:                           "Parameter 'vcpus' is missing",
+		`{"vcpus":{}}`:                 "Invalid parameter type for 'vcpus', expected: array",
 		`{"vcpus":[{"logical-id":0}]}`: "Parameter 'vcpus[0].online' is missing",
 		`{"vcpus":[{"logical-id":0,"online":true},{"online":true}]}`: "Parameter 'vcpus[1].logical-id' is missing",
 		`{"vcpus":[{"logical-id":0,"online":true,"x":1}]}`:           "Parameter 'vcpus[0].x' is unexpected",
