@@ -16,6 +16,11 @@ import (
 // and redials for the next one.
 var ErrConnectionLost = errors.New("the command plugin went away while running the command")
 
+// ErrNotDelivered is returned when the connection was already gone before the
+// request left: the plugin never saw it, so it is safe to send it again on a
+// new connection.
+var ErrNotDelivered = errors.New("the command plugin connection was closed before the request was sent")
+
 type result struct {
 	resp *pb.RunResponse
 	err  error
@@ -61,7 +66,7 @@ func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse,
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
-		return nil, c.err
+		return nil, fmt.Errorf("%w: %v", ErrNotDelivered, c.err)
 	}
 	c.nextID++
 	id := c.nextID
@@ -77,9 +82,11 @@ func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse,
 	c.wmu.Unlock()
 	req.Blob = blob
 	if err != nil {
+		// A unix socket refuses the write when the peer has exited, so
+		// nothing of this request reached the plugin.
 		c.conn.Close()
 		c.forget(id)
-		return nil, fmt.Errorf("%w: %v", ErrConnectionLost, err)
+		return nil, fmt.Errorf("%w: %v", ErrNotDelivered, err)
 	}
 	select {
 	case r := <-ch:

@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -68,7 +69,9 @@ func (c Config) DecodeOptions(v any) error {
 	if len(c.Options) == 0 || string(c.Options) == "null" {
 		return nil
 	}
-	if err := json.Unmarshal(c.Options, v); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(c.Options))
+	dec.DisallowUnknownFields() // a misspelt limit must not pass silently
+	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("plugin options: %w", err)
 	}
 	return nil

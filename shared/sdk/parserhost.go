@@ -493,15 +493,31 @@ func (e *ParserEngine) call(ctx context.Context, pluginName string, req *pb.RunR
 	if pc == nil {
 		return nil, fmt.Errorf("no route to plugin %s", pluginName)
 	}
-	c, err := pc.client(ctx)
-	if err != nil {
-		return nil, err
+	var resp *pb.RunResponse
+	for attempt := 0; ; attempt++ {
+		c, err := pc.client(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, err = c.Call(ctx, req)
+		if err != nil {
+			e.logger.Debug("data plane call failed", "plugin", pluginName, "attempt", attempt, "error", err)
+		}
+		if errors.Is(err, dataplane.ErrNotDelivered) && attempt < 2 {
+			continue // the plugin had gone before we sent: try its successor
+		}
+		if err != nil {
+			return resp, wrapLost(pluginName, err)
+		}
+		return resp, nil
 	}
-	resp, err := c.Call(ctx, req)
+}
+
+func wrapLost(pluginName string, err error) error {
 	if errors.Is(err, dataplane.ErrConnectionLost) {
-		return nil, fmt.Errorf("plugin %s exited while running the command; it is being restarted", pluginName)
+		return fmt.Errorf("plugin %s exited while running the command; it is being restarted", pluginName)
 	}
-	return resp, err
+	return err
 }
 
 type pluginConn struct {

@@ -15,6 +15,23 @@ func startAgent(t *testing.T, args ...string) *harness.Agent {
 	return harness.StartAgent(t, harness.Options{PluginDir: pluginDir, Args: args})
 }
 
+// startAgentConfig starts an agent from an HCL configuration whose channel
+// "qga" listens on the returned socket.
+func startAgentConfig(t *testing.T, extra string) (*harness.Agent, string) {
+	t.Helper()
+	sock := harness.ShortTempDir(t) + "/qga.sock"
+	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, Config: fmt.Sprintf(`
+channel "qga" {
+  method  = "unix-listen"
+  path    = %q
+  dialect = "qga"
+}
+%s
+`, sock, extra)})
+	harness.WaitForPing(t, sock, 10*time.Second)
+	return a, sock
+}
+
 // expectError checks an error reply's class and exact description.
 func expectError(t *testing.T, line, class, desc string) {
 	t.Helper()
@@ -182,20 +199,10 @@ func TestAllowList(t *testing.T) {
 }
 
 func TestRequestSizeLimit(t *testing.T) {
-	dir := harness.ShortTempDir(t)
-	sock := dir + "/qga.sock"
-	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, Config: fmt.Sprintf(`
+	_, sock := startAgentConfig(t, `
 limits {
   max_request_bytes = 4096
-}
-channel "qga" {
-  method  = "unix-listen"
-  path    = %q
-  dialect = "qga"
-}
-`, sock)})
-	harness.WaitForPing(t, sock, 10*time.Second)
-	_ = a
+}`)
 	c := harness.MustDial(t, sock)
 	big := `{"execute":"guest-sync","arguments":{"id":1,"pad":"` + strings.Repeat("x", 10000) + `"}}`
 	line := call(t, c, big)

@@ -32,6 +32,10 @@ type Config struct {
 	// LazyStart starts command plugins on their first command (default on):
 	// plugins nobody calls cost no memory.
 	LazyStart *bool `hcl:"lazy_start,optional"`
+	// RestartBackoffMax caps the delay between restarts of a plugin that
+	// keeps crashing (default "5s"); the first three crashes within 30 s
+	// restart at once.
+	RestartBackoffMax string `hcl:"restart_backoff_max,optional"`
 
 	Limits   *Limits   `hcl:"limits,block"`
 	Channels []Channel `hcl:"channel,block"`
@@ -163,5 +167,20 @@ func (c *Config) Validate() error {
 	if _, err := c.Limits.Timeout(); err != nil {
 		return err
 	}
+	if _, err := c.BackoffMax(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// BackoffMax returns the restart backoff cap.
+func (c *Config) BackoffMax() (time.Duration, error) {
+	if c.RestartBackoffMax == "" {
+		return 5 * time.Second, nil
+	}
+	d, err := time.ParseDuration(c.RestartBackoffMax)
+	if err != nil {
+		return 0, fmt.Errorf("restart_backoff_max: %w", err)
+	}
+	return d, nil
 }

@@ -37,6 +37,8 @@ type Supervisor struct {
 	stateDir string
 	sockDir  string
 	lazy     bool
+	// backoffMax caps the restart delay of a crashing plugin.
+	backoffMax time.Duration
 
 	mu        sync.Mutex
 	plugins   map[string]*managed
@@ -69,17 +71,19 @@ func New(opts Options) *Supervisor {
 	if opts.Config.LazyStart != nil {
 		lazy = *opts.Config.LazyStart
 	}
+	backoffMax, _ := opts.Config.BackoffMax() // validated with the config
 	return &Supervisor{
-		opts:     opts,
-		logger:   opts.Logger,
-		launcher: newLauncher(),
-		stateDir: opts.Config.StateDir,
-		sockDir:  filepath.Join(opts.Config.StateDir, "s"),
-		lazy:     lazy,
-		plugins:  map[string]*managed{},
-		parserOf: map[string]*managed{},
-		exchOf:   map[string]*managed{},
-		inboxes:  map[string]string{},
+		backoffMax: backoffMax,
+		opts:       opts,
+		logger:     opts.Logger,
+		launcher:   newLauncher(),
+		stateDir:   opts.Config.StateDir,
+		sockDir:    filepath.Join(opts.Config.StateDir, "s"),
+		lazy:       lazy,
+		plugins:    map[string]*managed{},
+		parserOf:   map[string]*managed{},
+		exchOf:     map[string]*managed{},
+		inboxes:    map[string]string{},
 	}
 }
 
@@ -392,7 +396,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 
 // noteCrash records a failure and sets when the next start may happen: the
 // first three within ten seconds restart at once, then the delay doubles from
-// 200 ms up to 5 s (Nomad's restart policy, in short).
+// 200 ms up to restart_backoff_max (Nomad's restart policy, in short).
 func (s *Supervisor) noteCrash(m *managed) {
 	now := time.Now()
 	recent := m.crashes[:0]
@@ -402,13 +406,15 @@ func (s *Supervisor) noteCrash(m *managed) {
 		}
 	}
 	m.crashes = append(recent, now)
-	n := len(m.crashes)
+	m.nextStart = now.Add(restartDelay(len(m.crashes), s.backoffMax))
+}
+
+// restartDelay is the wait before the next start after n recent crashes.
+func restartDelay(n int, ceiling time.Duration) time.Duration {
 	if n <= 3 {
-		m.nextStart = now
-		return
+		return 0
 	}
-	delay := 200 * time.Millisecond << min(n-4, 5)
-	m.nextStart = now.Add(min(delay, 5*time.Second))
+	return min(200*time.Millisecond<<min(n-4, 8), ceiling)
 }
 
 // watch reacts to the end of a plugin process.
