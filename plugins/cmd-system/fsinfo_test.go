@@ -52,9 +52,12 @@ func TestGetFSInfoOfThisMachine(t *testing.T) {
 	if ours == nil {
 		t.Fatalf("test filesystem %s not listed in %+v", fs.mnt, list)
 	}
-	// The last mounted filesystem comes first, as qemu-ga prepends.
-	if list[0].Mountpoint != fs.mnt {
-		t.Errorf("first entry %s, want the newest mount %s", list[0].Mountpoint, fs.mnt)
+	// The last mounted filesystem comes first, as qemu-ga prepends: ours
+	// before the root filesystem.
+	for i := range list {
+		if list[i].Mountpoint == "/" && ours != nil && i < indexOf(list, fs.mnt) {
+			t.Errorf("/ listed before the newer %s", fs.mnt)
+		}
 	}
 	if ours.Type != "ext4" {
 		t.Errorf("type %q", ours.Type)
@@ -91,9 +94,36 @@ func TestGetFSInfoOfThisMachine(t *testing.T) {
 	}
 }
 
+func indexOf(list []fsInfoJSON, mnt string) int {
+	for i := range list {
+		if list[i].Mountpoint == mnt {
+			return i
+		}
+	}
+	return -1
+}
+
+// nonEmptyBlockDevices lists /sys/block entries of non-zero size.
+func nonEmptyBlockDevices(t *testing.T) map[string]bool {
+	t.Helper()
+	entries, err := os.ReadDir("/sys/block")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, e := range entries {
+		size, err := os.ReadFile(filepath.Join("/sys/block", e.Name(), "size"))
+		if err == nil && strings.TrimSpace(string(size)) != "0" {
+			out[e.Name()] = true
+		}
+	}
+	return out
+}
+
 func TestGetDisksOfThisMachine(t *testing.T) {
 	fs := mountTestFS(t)
 	tp := newTestPlugin(t, nil)
+	before := nonEmptyBlockDevices(t)
 	var disks []struct {
 		Name         string       `json:"name"`
 		Partition    bool         `json:"partition"`
@@ -101,30 +131,27 @@ func TestGetDisksOfThisMachine(t *testing.T) {
 		Address      *diskAddress `json:"address"`
 	}
 	tp.ok("guest-get-disks", "", &disks)
+	after := nonEmptyBlockDevices(t)
 	byName := map[string]int{}
 	for i, d := range disks {
 		byName[d.Name] = i
 	}
-	// Every non-empty block device of /sys/block is there.
-	entries, err := os.ReadDir("/sys/block")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		size, err := os.ReadFile(filepath.Join("/sys/block", e.Name(), "size"))
-		if err != nil || strings.TrimSpace(string(size)) == "0" {
+	// Every non-empty block device of /sys/block is there (those other
+	// tests attach or detach meanwhile aside).
+	for name := range before {
+		if !after[name] {
 			continue
 		}
-		i, ok := byName["/dev/"+e.Name()]
+		i, ok := byName["/dev/"+name]
 		if !ok {
-			t.Errorf("/dev/%s missing from %+v", e.Name(), disks)
+			t.Errorf("/dev/%s missing from %+v", name, disks)
 			continue
 		}
 		d := disks[i]
 		if d.Partition || d.Dependencies == nil {
 			t.Errorf("%s: %+v", d.Name, d)
 		}
-		real, _ := filepath.EvalSymlinks(filepath.Join("/sys/block", e.Name()))
+		real, _ := filepath.EvalSymlinks(filepath.Join("/sys/block", name))
 		if strings.Contains(real, "/devices/virtual/") && d.Address != nil {
 			t.Errorf("%s is virtual but has an address %+v", d.Name, d.Address)
 		}
