@@ -266,3 +266,42 @@ func TestFsfreezeCommandSpecs(t *testing.T) {
 		t.Errorf("no-response commands: %v", noResponse)
 	}
 }
+
+// Concurrent freezes are serialised: one freezes, the other finds the
+// guest frozen, and a single thaw undoes it.
+func TestFsfreezeConcurrentFreezes(t *testing.T) {
+	fs := mountTestFS(t)
+	tp := newTestPlugin(t, map[string]any{"proc_root": fakeProc(t, fs.mountinfo)})
+	results := make(chan *pb.RunResponse, 2)
+	for i := 0; i < 2; i++ {
+		go func() { results <- tp.run("guest-fsfreeze-freeze", "") }()
+	}
+	frozen, refused := 0, 0
+	for i := 0; i < 2; i++ {
+		r := <-results
+		switch {
+		case r.Error == nil && string(r.ResultJson) == "1":
+			frozen++
+		case r.Error != nil && r.Error.Class == sdk.ClassCommandNotFound:
+			refused++
+		default:
+			t.Errorf("unexpected reply %s %v", r.ResultJson, r.Error)
+		}
+	}
+	if frozen != 1 || refused != 1 {
+		t.Fatalf("%d froze, %d refused; want 1 and 1", frozen, refused)
+	}
+	var n int
+	tp.ok("guest-fsfreeze-thaw", "", &n)
+	if n != 1 {
+		t.Fatalf("thaw: %d", n)
+	}
+	select {
+	case err := <-startWrite(filepath.Join(fs.mnt, "f")):
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("still frozen after one thaw")
+	}
+}
