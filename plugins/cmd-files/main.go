@@ -29,7 +29,7 @@ import (
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
-const version = "0.1.0"
+var version = "dev" // set by the build: -X main.version=...
 
 // defaultMaxHandles bounds the files a host can keep open through the agent.
 // qemu-ga has no limit (it stops at the process's RLIMIT_NOFILE); callers

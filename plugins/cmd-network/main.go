@@ -16,7 +16,7 @@ import (
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
-const version = "0.1.0"
+var version = "dev" // set by the build: -X main.version=...
 
 func main() {
 	sdk.ServeCommands(newPlugin())
