@@ -300,14 +300,16 @@ func bytesLeft(fd int) (int64, bool) {
 func (f *filesPlugin) write(_ context.Context, call *sdk.Call) (any, error) {
 	var a struct {
 		Handle int64   `json:"handle"`
-		BufB64 *string `json:"buf-b64"` // present only when no parser took it out
+		BufB64 *string `json:"buf-b64"` // normally taken out by the parser
 		Count  *int64  `json:"count"`
 	}
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
 	data := call.Blob
-	if a.BufB64 != nil {
+	// The parser moves buf-b64 into call.Blob; a request that did not pass
+	// through it (the gRPC Run path) still carries the text.
+	if a.BufB64 != nil && *a.BufB64 != "" {
 		b, err := base64.StdEncoding.Strict().DecodeString(*a.BufB64)
 		if err != nil {
 			return nil, sdk.Errorf("Invalid base64 data")
