@@ -81,13 +81,13 @@ func TestAgentupdateHTTPSHA256AndObjectForm(t *testing.T) {
 func TestAgentupdateRefusals(t *testing.T) {
 	tp, bin, newBin, src := updateFixture(t, nil)
 	for value, want := range map[string]string{
-		"file://" + src:                                     "no checksum",
-		"file://" + src + ",":                               "no checksum",
-		"file://" + src + "," + md5hex([]byte("other")):     "mismatch",
-		"file://" + src + ",sha256:" + md5hex(newBin):       "not a sha256",
-		"file://" + src + ",xyz":                            "not a md5",
-		"ftp://host/x," + md5hex(newBin):                    "not an http",
-		"file:///nonexistent/agent," + md5hex(newBin):       "no such file",
+		"file://" + src:       "no checksum",
+		"file://" + src + ",": "no checksum",
+		"file://" + src + "," + md5hex([]byte("other")):    "mismatch",
+		"file://" + src + ",sha256:" + md5hex(newBin):      "not a sha256",
+		"file://" + src + ",xyz":                           "not a md5",
+		"ftp://host/x," + md5hex(newBin):                   "not an http",
+		"file:///nonexistent/agent," + md5hex(newBin):      "no such file",
 		"file://" + src + ",sha256:" + sha256hex([]byte{}): "mismatch",
 	} {
 		msg := tp.fails(cmdAgentupdate, value)
