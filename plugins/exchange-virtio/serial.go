@@ -88,7 +88,7 @@ func (e *Exchange) openSerial(ctx context.Context, ch sdk.Channel, out *session.
 	go func() {
 		defer release()
 		if w != nil {
-			err := waitFor(ctx, w, func() []string { return []string{filepath.Dir(path)} }, open)
+			err := waitFor(ctx, ch.Logger, w, func() []string { return []string{filepath.Dir(path)} }, open)
 			w.close()
 			if err != nil {
 				if ctx.Err() == nil {

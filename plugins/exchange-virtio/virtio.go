@@ -81,31 +81,31 @@ func (e *Exchange) resolveVirtio(t virtioTarget) (string, error) {
 // /dev/<vportNpM>.
 func (e *Exchange) portByName(name string) (string, error) {
 	class := filepath.Join(e.sysfsRoot(), "class", "virtio-ports")
-	matches, err := filepath.Glob(filepath.Join(class, "*", "name"))
-	if err != nil {
+	ports, err := os.ReadDir(class)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("virtio-serial: %w", err)
 	}
-	unnamed := false
-	for _, m := range matches {
-		b, err := os.ReadFile(m)
-		if err != nil {
-			continue // the port went away meanwhile
-		}
+	pending := false
+	for _, port := range ports {
+		// virtio_console creates the "name" attribute only when the name
+		// arrives from the host, after the device node: until then the
+		// port may still turn out to be ours.
+		b, err := os.ReadFile(filepath.Join(class, port.Name(), "name"))
 		got := strings.TrimSpace(string(b))
-		if got == "" || got == "(null)" {
-			unnamed = true // its name may still be on its way from the host
+		if err != nil || got == "" || got == "(null)" {
+			pending = true
 			continue
 		}
 		if got != name {
 			continue
 		}
-		dev := filepath.Join(e.devRoot(), filepath.Base(filepath.Dir(m)))
+		dev := filepath.Join(e.devRoot(), port.Name())
 		if _, err := os.Stat(dev); err != nil {
-			return "", fmt.Errorf("virtio-serial: port %q is %s, but: %w", name, filepath.Base(filepath.Dir(m)), errSoon)
+			return "", fmt.Errorf("virtio-serial: port %q is %s, but: %w", name, port.Name(), errSoon)
 		}
 		return dev, nil
 	}
-	if unnamed {
+	if pending {
 		return "", fmt.Errorf("virtio-serial: no port named %q in %s (some have no name yet): %w", name, class, errSoon)
 	}
 	return "", fmt.Errorf("virtio-serial: no port named %q in %s (is virtio_console loaded and the port defined on the host?): %w",
@@ -202,7 +202,7 @@ func (p *virtioPort) run(ctx context.Context, release func()) {
 			if p.watch == nil {
 				return
 			}
-			if err := waitFor(ctx, p.watch, p.dirs, func() error { return p.acquire(ctx) }); err != nil {
+			if err := waitFor(ctx, p.log, p.watch, p.dirs, func() error { return p.acquire(ctx) }); err != nil {
 				if ctx.Err() == nil {
 					p.log.Error("virtio-serial port unusable; channel stopped", "error", err)
 				}

@@ -32,8 +32,8 @@ func newFakeVirtio(t *testing.T) *fakeVirtio {
 	return f
 }
 
-// port declares a port in sysfs ("" leaves the name unset, as before the
-// host sent it).
+// port declares a port in sysfs; with name "" it has no name attribute
+// yet, as virtio_console creates it only when the host sends the name.
 func (f *fakeVirtio) port(t *testing.T, vport, name string) {
 	t.Helper()
 	d := filepath.Join(f.sys, "class", "virtio-ports", vport)
@@ -41,7 +41,7 @@ func (f *fakeVirtio) port(t *testing.T, vport, name string) {
 		t.Fatal(err)
 	}
 	if name == "" {
-		name = "(null)"
+		return
 	}
 	if err := os.WriteFile(filepath.Join(d, "name"), []byte(name+"\n"), 0o644); err != nil {
 		t.Fatal(err)

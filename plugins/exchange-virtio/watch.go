@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,7 +71,7 @@ const (
 
 // waitFor calls try after every change in dirs until it succeeds, ctx ends or
 // try fails with an error other than fs.ErrNotExist.
-func waitFor(ctx context.Context, w *dirWatch, dirs func() []string, try func() error) error {
+func waitFor(ctx context.Context, log hclog.Logger, w *dirWatch, dirs func() []string, try func() error) error {
 	soon := 0
 	for {
 		w.add(dirs()...)
@@ -78,6 +79,7 @@ func waitFor(ctx context.Context, w *dirWatch, dirs func() []string, try func() 
 		if err == nil || !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
+		log.Debug("still waiting for the device", "reason", err)
 		if errors.Is(err, errSoon) && soon < soonTries {
 			soon++
 			select {
