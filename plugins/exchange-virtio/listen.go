@@ -279,11 +279,6 @@ func (e *Exchange) openVsock(ctx context.Context, ch sdk.Channel, out *session.O
 		unix.Close(fd)
 		return "", fmt.Errorf("vsock-listen: listen on %s: %w", formatVsock(cid, port), err)
 	}
-	if sa, err := unix.Getsockname(fd); err == nil {
-		if vm, ok := sa.(*unix.SockaddrVM); ok {
-			port = vm.Port // port -1 asks the kernel to pick one
-		}
-	}
 	l, err := newListener(ch, out, fd, opts.maxConnections(), release)
 	if err != nil {
 		return "", err
@@ -371,13 +366,13 @@ func (l *listener) serve(ctx context.Context) {
 		var aerr error
 		err := rc.Read(func(fd uintptr) bool {
 			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			return !isErrno(aerr, unix.EAGAIN, unix.EINTR)
+			return !isErrno(aerr, unix.EAGAIN)
 		})
 		if err != nil || ctx.Err() != nil {
 			return // closed
 		}
 		if aerr != nil {
-			if isErrno(aerr, unix.ECONNABORTED) {
+			if isErrno(aerr, unix.ECONNABORTED, unix.EINTR) {
 				continue
 			}
 			// Out of descriptors or memory: the pending connection stays
@@ -398,7 +393,8 @@ func (l *listener) serve(ctx context.Context) {
 // from then on, so the exchange closes its copy at once.
 func (l *listener) handoff(fd int, sa unix.Sockaddr) {
 	origin := l.origin(sa)
-	if l.limit > 0 {
+	// Counting reads /proc: skip it until the limit could be reached.
+	if l.limit > 0 && l.seq.Load() >= uint64(l.limit) {
 		n, err := l.tracker.live()
 		if err != nil {
 			l.log.Warn("cannot count live sessions; max_connections not enforced", "error", err)

@@ -200,6 +200,7 @@ func (p *virtioPort) run(ctx context.Context, release func()) {
 	for {
 		if p.f == nil {
 			if p.watch == nil {
+				p.log.Error("virtio-serial port lost and cannot be waited for (no inotify); channel stopped")
 				return
 			}
 			if err := waitFor(ctx, p.log, p.watch, p.dirs, func() error { return p.acquire(ctx) }); err != nil {
