@@ -4,8 +4,8 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 export CGO_ENABLED := 0
-GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 
 PLUGINS := $(notdir $(wildcard plugins/*))
 
@@ -14,7 +14,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
 GOBIN_TOOLS := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build run test test-unit vm-test bench proto tools lint fmt clean
+.PHONY: all build run test test-unit vm-test bench proto proto-check tools lint fmt clean
 
 all: build
 
@@ -49,6 +49,10 @@ proto:
 
 MODULES := shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)) tests
 
+# Fails when the committed generated code is not what `make proto` makes.
+proto-check: proto
+	@git diff --exit-code -- shared/gen || { echo "shared/gen differs from make proto output: commit the regenerated code"; exit 1; }
+
 fmt:
 	gofmt -l -w $(MODULES)
 
@@ -59,7 +63,7 @@ lint:
 test-unit:
 	@for m in $(MODULES); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 
-test: build lint
+test: build lint proto-check
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) test -count=1 -timeout 15m ./...
 	@for m in shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	$(MAKE) vm-test

@@ -224,6 +224,7 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 			}
 		}()
 	}
+	releaseStartupMemory()
 	s.configured = true
 	return &pb.ConfigureCommandResponse{}, nil
 }

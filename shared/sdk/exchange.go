@@ -116,6 +116,7 @@ func (s *exchangeServer) OpenChannel(_ context.Context, req *pb.OpenChannelReque
 	s.mu.Lock()
 	s.channels[req.Channel] = cancel
 	s.mu.Unlock()
+	releaseStartupMemory()
 	return &pb.OpenChannelResponse{ResolvedPath: resolved}, nil
 }
 

@@ -169,6 +169,7 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		go e.acceptFeeds(in, st)
 		resp.Inboxes = append(resp.Inboxes, &pb.Inbox{Channel: c.Name, Socket: path})
 	}
+	releaseStartupMemory()
 	return resp, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"os/exec"
 	"runtime"
 	"syscall"
@@ -175,22 +174,4 @@ func (r *running) stop() {
 	case <-time.After(3 * time.Second):
 		_ = syscall.Kill(r.pid, syscall.SIGKILL)
 	}
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for {
-		n, err := f.Read(buf)
-		h.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -151,8 +152,8 @@ func (s *Supervisor) Load(ctx context.Context) error {
 				return
 			}
 			cache.put(f, m.info)
-			if m.info.Kind == pb.Kind_KIND_COMMAND && s.lazy {
-				r.stop() // started only to learn its commands
+			if !s.keepAfterInfo(m.info) {
+				r.stop() // started only to learn what it serves
 				return
 			}
 			m.mu.Lock()
@@ -175,6 +176,30 @@ func (s *Supervisor) Load(ctx context.Context) error {
 	}
 	s.buildRegistry()
 	return nil
+}
+
+// keepAfterInfo tells whether a plugin launched to learn its Info should stay
+// up: the parsers and exchanges the channels need (Run starts them next),
+// and command plugins when lazy start is off. Anything else would cost
+// memory for nothing.
+func (s *Supervisor) keepAfterInfo(info *pb.InfoResponse) bool {
+	switch info.Kind {
+	case pb.Kind_KIND_COMMAND:
+		return !s.lazy
+	case pb.Kind_KIND_PARSER:
+		for _, ch := range s.opts.Config.Channels {
+			if contains(info.Dialects, ch.Dialect) {
+				return true
+			}
+		}
+	case pb.Kind_KIND_EXCHANGE:
+		for _, ch := range s.opts.Config.Channels {
+			if contains(info.Methods, ch.Method) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *Supervisor) launch(m *managed) (*running, error) {
@@ -307,6 +332,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 		}
 	}
+	// Start-up garbage (TLS certificates, plugin handshakes) is returned to
+	// the system once, now, rather than held while the agent idles.
+	debug.FreeOSMemory()
 	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(coreCommands))
 	<-ctx.Done()
 	return nil
