@@ -60,9 +60,14 @@ type options struct {
 	// RetryPath keeps trying in the background when xenstored cannot be
 	// reached at start instead of failing the channel (qemu-ga's -r).
 	RetryPath bool `json:"retry_path"`
+	// LogRequests logs every request and answer (ids only). Off by default:
+	// each log line of a plugin costs about as much as a XenStore round
+	// trip, because plugins log everything to the supervisor whatever its
+	// level.
+	LogRequests bool `json:"log_requests"`
 }
 
-var knownOptions = []string{"domid", "request_path", "response_path", "retry_path"}
+var knownOptions = []string{"domid", "request_path", "response_path", "retry_path", "log_requests"}
 
 // flexString accepts a JSON string or number (HCL writes `domid = 5` as a
 // number).

@@ -310,18 +310,11 @@ func TestEmptyValueWaitsForWrite(t *testing.T) {
 	}
 }
 
-// 100 requests written at once are each dispatched and answered once.
+// 100 requests written back to back (as xenstore-write does with 100 keys)
+// are each dispatched and answered once. The host's writes race with the
+// exchange's transactions, which then conflict and are retried.
 func TestHundredAtOnce(t *testing.T) {
 	srv := xenstoretest.NewServer(t, xenstoretest.WithDomID(domid))
-	var guestWrites sync.Map // path → count
-	srv.SetHook(func(m xenstore.Message) xenstoretest.Action {
-		if m.Type == xenstore.OpWrite {
-			p, _, _ := strings.Cut(string(m.Payload), "\x00")
-			v, _ := guestWrites.LoadOrStore(p, new(atomic.Int64))
-			v.(*atomic.Int64).Add(1)
-		}
-		return xenstoretest.Action{}
-	})
 	fx := open(t, srv, newExchange(), "", false)
 	waitFor(t, func() bool { return srv.Watches() == 1 })
 	for i := range 100 {
@@ -338,14 +331,119 @@ func TestHundredAtOnce(t *testing.T) {
 			t.Errorf("request %d dispatched %d times", i, n)
 		}
 	}
-	guestWrites.Range(func(k, v any) bool {
-		if n := v.(*atomic.Int64).Load(); n != 1 {
-			t.Errorf("%s written %d times (a committed transaction counts once)", k, n)
-		}
-		return true
-	})
 	if names, _ := srv.Directory(hostD); len(names) != 0 {
 		t.Fatalf("requests left: %v", names)
+	}
+}
+
+// guestWrites counts WRITE requests to data/guest/* per path, and
+// transaction ends, at the protocol level.
+type guestWrites struct {
+	mu     sync.Mutex
+	writes map[string]int
+	ends   int
+}
+
+func (g *guestWrites) hook(m xenstore.Message) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch m.Type {
+	case xenstore.OpWrite:
+		p, _, _ := strings.Cut(string(m.Payload), "\x00")
+		if strings.Contains(p, "data/guest/") {
+			g.writes[p]++
+		}
+	case xenstore.OpTransactionEnd:
+		g.ends++
+	}
+}
+
+// 100 requests written in one transaction of the host: nothing else
+// writes while the exchange commits, so no transaction conflicts and every
+// WRITE sent is a committed one: each answer is written exactly once.
+func TestHundredInOneTransaction(t *testing.T) {
+	srv := xenstoretest.NewServer(t, xenstoretest.WithDomID(domid))
+	g := &guestWrites{writes: map[string]int{}}
+	srv.SetHook(func(m xenstore.Message) xenstoretest.Action { g.hook(m); return xenstoretest.Action{} })
+	fx := open(t, srv, newExchange(), "", false)
+	waitFor(t, func() bool { return srv.Watches() == 1 })
+	host, err := xenstore.Dial(fx.ctx, srv.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	err = host.Transaction(fx.ctx, func(tx *xenstore.Tx) error {
+		for i := range 100 {
+			if err := tx.Write(fx.ctx, hostD+"/"+reqID(i), []byte(reqValue(i))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		waitAnswer(t, srv, reqID(i), reqValue(i))
+	}
+	time.Sleep(50 * time.Millisecond)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i := range 100 {
+		if n := fx.parser.count(reqValue(i)); n != 1 {
+			t.Errorf("request %d dispatched %d times", i, n)
+		}
+		if n := g.writes["data/guest/"+reqID(i)]; n != 1 {
+			t.Errorf("answer %d written %d times", i, n)
+		}
+	}
+	// Batched: far fewer transactions than answers (plus the host's one).
+	if g.ends > 60 {
+		t.Errorf("%d transactions for 100 answers: not batched", g.ends)
+	}
+}
+
+// Commits that keep failing with EAGAIN fall back to nova-agent's order
+// (remove, then write): still one answer each.
+func TestConflictsFallBack(t *testing.T) {
+	srv := xenstoretest.NewServer(t, xenstoretest.WithDomID(domid))
+	g := &guestWrites{writes: map[string]int{}}
+	var failEnds atomic.Int64 // TRANSACTION_END T answered with EAGAIN while > 0
+	srv.SetHook(func(m xenstore.Message) xenstoretest.Action {
+		if m.Type == xenstore.OpTransactionEnd && bytes.HasPrefix(m.Payload, []byte("T")) && failEnds.Add(-1) >= 0 {
+			return xenstoretest.Action{Error: "EAGAIN"}
+		}
+		if m.Type == xenstore.OpWrite && m.TxID == 0 {
+			g.hook(m) // writes outside transactions are final
+		}
+		return xenstoretest.Action{}
+	})
+	fx := open(t, srv, newExchange(), "", false)
+	waitFor(t, func() bool { return srv.Watches() == 1 })
+
+	// A few conflicts: the transaction is retried and succeeds.
+	failEnds.Store(3)
+	if err := srv.Write(hostD+"/"+reqID(1), []byte(reqValue(1))); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, srv, reqID(1), reqValue(1))
+
+	// Conflicts beyond the retry budget: answered without a transaction.
+	failEnds.Store(1 << 30)
+	if err := srv.Write(hostD+"/"+reqID(2), []byte(reqValue(2))); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, srv, reqID(2), reqValue(2))
+	failEnds.Store(0)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := g.writes["data/guest/"+reqID(2)]; n != 1 {
+		t.Errorf("fallback wrote the answer %d times", n)
+	}
+	for i := 1; i <= 2; i++ {
+		if n := fx.parser.count(reqValue(i)); n != 1 {
+			t.Errorf("request %d dispatched %d times", i, n)
+		}
 	}
 }
 

@@ -321,7 +321,9 @@ func (s *server) consider(ctx context.Context, cn *conn, name string) {
 	s.inflight[name] = id
 	s.byID[id] = name
 	s.mu.Unlock()
-	s.log.Debug("request", "id", name, "bytes", len(value))
+	if s.opts.LogRequests {
+		s.log.Info("request", "id", name, "bytes", len(value))
+	}
 	if err := s.mc.Write(id, value); err != nil {
 		// The parser is gone; the SDK ends this channel and the next
 		// instance serves the request.
@@ -412,23 +414,31 @@ func (s *server) commit(ctx context.Context, cn *conn, batch []answer) ([]answer
 	}
 	written := make([]bool, len(batch))
 	err := cn.c.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for i, a := range batch {
-			written[i] = false
-			req := cn.reqDir + "/" + a.name
-			if _, err := tx.Read(ctx, req); errors.Is(err, xenstore.ErrNotFound) {
-				continue // answered before, or withdrawn by the host
-			} else if err != nil {
-				return err
+		// Every request key is read first: only those still present are
+		// answered. The reads, then the removals and writes, go out
+		// together, so a batch costs four round trips whatever its size.
+		present := make([]bool, len(batch))
+		if err := parallel(len(batch), func(i int) error {
+			_, err := tx.Read(ctx, cn.reqDir+"/"+batch[i].name)
+			if errors.Is(err, xenstore.ErrNotFound) {
+				return nil // answered before, or withdrawn by the host
 			}
-			if err := tx.Rm(ctx, req); err != nil {
-				return err
-			}
-			if err := tx.Write(ctx, cn.respDir+"/"+a.name, values[i]); err != nil {
-				return err
-			}
-			written[i] = true
+			present[i] = err == nil
+			return err
+		}); err != nil {
+			return err
 		}
-		return nil
+		var ops []func() error
+		for i, a := range batch {
+			written[i] = present[i]
+			if !present[i] {
+				continue
+			}
+			ops = append(ops,
+				func() error { return tx.Rm(ctx, cn.reqDir+"/"+a.name) },
+				func() error { return tx.Write(ctx, cn.respDir+"/"+a.name, values[i]) })
+		}
+		return parallel(len(ops), func(i int) error { return ops[i]() })
 	})
 	done := batch
 	var rest []answer
@@ -454,7 +464,9 @@ func (s *server) commit(ctx context.Context, cn *conn, batch []answer) ([]answer
 	}
 	for i, a := range done {
 		if written[i] {
-			s.log.Debug("answered", "id", a.name)
+			if s.opts.LogRequests {
+				s.log.Info("answered", "id", a.name)
+			}
 		} else {
 			s.log.Info("request key gone: answered before (a commit whose reply was lost) or withdrawn by the host; nothing written", "id", a.name)
 		}
@@ -464,6 +476,25 @@ func (s *server) commit(ctx context.Context, cn *conn, batch []answer) ([]answer
 		return rest, xenstore.ErrDisconnected
 	}
 	return nil, nil
+}
+
+// parallel runs fn(0..n-1) concurrently and returns the first error. The
+// client multiplexes the requests on its connection.
+func parallel(n int, fn func(i int) error) error {
+	if n == 1 {
+		return fn(0)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	wg.Add(n)
+	for i := range n {
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // commitOne answers one request in nova-agent's order: remove the request,
