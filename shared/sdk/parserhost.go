@@ -528,6 +528,9 @@ type pluginConn struct {
 	mu     sync.Mutex
 	socket string
 	conn   *dataplane.Client
+	// lost: the last connection broke, so the plugin died or is dying;
+	// the supervisor is asked before redialling.
+	lost bool
 }
 
 func (pc *pluginConn) setSocket(socket string) {
@@ -542,14 +545,14 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 	if pc.conn != nil {
 		select {
 		case <-pc.conn.Done():
-			pc.conn = nil
+			pc.conn, pc.lost = nil, true
 		default:
 			return pc.conn, nil
 		}
 	}
 	deadline := time.Now().Add(pluginRestartWaitBudget)
 	for {
-		if pc.socket != "" {
+		if pc.socket != "" && !(pc.lost && pc.engine.hostClient() != nil) {
 			c, err := dataplane.Dial(ctx, pc.socket)
 			if err == nil {
 				pc.conn = c
@@ -562,9 +565,9 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 		if host == nil {
 			return nil, fmt.Errorf("plugin %s is not running", pc.name)
 		}
-		resp, err := host.EnsureStarted(ctx, &pb.EnsureStartedRequest{Plugin: pc.name})
+		resp, err := host.EnsureStarted(ctx, &pb.EnsureStartedRequest{Plugin: pc.name, ConnectionLost: pc.lost})
 		if err == nil {
-			pc.socket = resp.DataplaneSocket
+			pc.socket, pc.lost = resp.DataplaneSocket, false
 			c, err := dataplane.Dial(ctx, pc.socket)
 			if err == nil {
 				pc.conn = c

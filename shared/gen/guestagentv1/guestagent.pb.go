@@ -1543,10 +1543,14 @@ func (x *ParseRequestResponse) GetResponse() []byte {
 }
 
 type EnsureStartedRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Plugin        string                 `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Plugin string                 `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
+	// The parser lost its data plane connection to the plugin: the plugin is
+	// dying or dead. The supervisor waits until the old process is gone (its
+	// listener could otherwise still accept) and starts a new one.
+	ConnectionLost bool `protobuf:"varint,2,opt,name=connection_lost,json=connectionLost,proto3" json:"connection_lost,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *EnsureStartedRequest) Reset() {
@@ -1584,6 +1588,13 @@ func (x *EnsureStartedRequest) GetPlugin() string {
 		return x.Plugin
 	}
 	return ""
+}
+
+func (x *EnsureStartedRequest) GetConnectionLost() bool {
+	if x != nil {
+		return x.ConnectionLost
+	}
+	return false
 }
 
 type EnsureStartedResponse struct {
@@ -1733,9 +1744,10 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\arequest\x18\x02 \x01(\fR\arequest\x12-\n" +
 	"\x06caller\x18\x03 \x01(\v2\x15.guestagent.v1.CallerR\x06caller\"2\n" +
 	"\x14ParseRequestResponse\x12\x1a\n" +
-	"\bresponse\x18\x01 \x01(\fR\bresponse\".\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\"W\n" +
 	"\x14EnsureStartedRequest\x12\x16\n" +
-	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"B\n" +
+	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x12'\n" +
+	"\x0fconnection_lost\x18\x02 \x01(\bR\x0econnectionLost\"B\n" +
 	"\x15EnsureStartedResponse\x12)\n" +
 	"\x10dataplane_socket\x18\x01 \x01(\tR\x0fdataplaneSocket*R\n" +
 	"\x04Kind\x12\x14\n" +

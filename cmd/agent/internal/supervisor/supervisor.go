@@ -604,6 +604,25 @@ func (s *Supervisor) stopAll() {
 	wg.Wait()
 }
 
+// awaitExit waits for a plugin whose data plane connection broke to be
+// gone: a dying process may still accept on its socket for a moment. One that
+// dropped the connection but lives on is broken, and is stopped.
+func (s *Supervisor) awaitExit(ctx context.Context, m *managed) {
+	m.mu.Lock()
+	r := m.run
+	m.mu.Unlock()
+	if r == nil {
+		return
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(2 * time.Second):
+		s.logger.Warn("plugin dropped its data plane connection but still runs; restarting it", "plugin", m.found.Name, "pid", r.pid)
+		r.stop()
+	case <-ctx.Done():
+	}
+}
+
 // hostServer lets parsers start command plugins on demand.
 type hostServer struct {
 	pb.UnimplementedHostServer
@@ -614,6 +633,9 @@ func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedReq
 	m := h.s.plugins[req.Plugin]
 	if m == nil || m.info.Kind != pb.Kind_KIND_COMMAND {
 		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
+	}
+	if req.ConnectionLost {
+		h.s.awaitExit(ctx, m)
 	}
 	if _, err := h.s.ensureRunning(ctx, m); err != nil {
 		return nil, err
