@@ -7,7 +7,9 @@ package sdk
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/hashicorp/go-hclog"
@@ -77,12 +79,24 @@ func PluginSets(register func(s *grpc.Server, broker *plugin.GRPCBroker)) map[in
 	}
 }
 
+// EnvLogLevel carries the supervisor's log level to its plugins, so a plugin
+// does not encode and pipe debug lines the supervisor would drop.
+const EnvLogLevel = "GUEST_AGENT_LOG_LEVEL"
+
+// EnvCPUProfileDir, when set, makes every plugin write a CPU profile
+// (<dir>/<plugin>.pprof) for its whole life: `go tool pprof` reads it.
+const EnvCPUProfileDir = "GUEST_AGENT_CPUPROFILE_DIR"
+
 // NewLogger returns the logger a plugin should use: go-plugin forwards its
 // JSON lines on stderr into the supervisor's log with the plugin's name.
 func NewLogger(name string) hclog.Logger {
+	level := hclog.LevelFromString(os.Getenv(EnvLogLevel))
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       name,
-		Level:      hclog.Trace,
+		Level:      level,
 		Output:     os.Stderr,
 		JSONFormat: true,
 	})
@@ -92,6 +106,13 @@ func NewLogger(name string) hclog.Logger {
 // with the plugin.
 func serve(logger hclog.Logger, register func(s *grpc.Server, broker *plugin.GRPCBroker)) {
 	watchParent(logger)
+	if dir := os.Getenv(EnvCPUProfileDir); dir != "" {
+		if f, err := os.Create(filepath.Join(dir, filepath.Base(os.Args[0])+".pprof")); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		}
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: PluginSets(register),

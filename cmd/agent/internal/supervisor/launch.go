@@ -70,6 +70,7 @@ type launchSpec struct {
 	name     string
 	checksum string // hex SHA-256, "" = not pinned
 	sockDir  string
+	logLevel string
 	logger   hclog.Logger
 }
 
@@ -86,7 +87,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 	// the plugin side reads this variable, for its own socket and the
 	// broker's. The directory is swept at start-up, so a killed agent leaves
 	// nothing behind for long.
-	cmd.Env = []string{"PLUGIN_UNIX_SOCKET_DIR=" + spec.sockDir}
+	cmd.Env = []string{"PLUGIN_UNIX_SOCKET_DIR=" + spec.sockDir, sdk.EnvLogLevel + "=" + spec.logLevel}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL,
 		// Own process group: a terminal's Ctrl-C reaches the supervisor

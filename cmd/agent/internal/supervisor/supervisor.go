@@ -178,6 +178,20 @@ func (s *Supervisor) Load(ctx context.Context) error {
 	return nil
 }
 
+func levelName(l hclog.Logger) string {
+	switch {
+	case l.IsTrace():
+		return "trace"
+	case l.IsDebug():
+		return "debug"
+	case l.IsInfo():
+		return "info"
+	case l.IsWarn():
+		return "warn"
+	}
+	return "error"
+}
+
 // keepAfterInfo tells whether a plugin launched to learn its Info should stay
 // up: the parsers and exchanges the channels need (Run starts them next),
 // and command plugins when lazy start is off. Anything else would cost
@@ -208,6 +222,7 @@ func (s *Supervisor) launch(m *managed) (*running, error) {
 		name:     m.found.Name,
 		checksum: m.cfg.Checksum,
 		sockDir:  s.sockDir,
+		logLevel: levelName(s.logger),
 		logger:   s.logger.Named(m.found.Name),
 	})
 }
