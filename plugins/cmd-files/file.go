@@ -239,7 +239,7 @@ func (f *filesPlugin) read(_ context.Context, call *sdk.Call) (any, error) {
 			return nil, sdk.Errorf("value '%d' is invalid for argument count", count)
 		}
 	}
-	buf, eof, err := readFull(h, int(count))
+	buf, eof, err := readFull(h, int(count), call.AllocBlob)
 	if err != nil {
 		return nil, sdk.Errorf("failed to read file: %s", strerror(err))
 	}
@@ -248,9 +248,9 @@ func (f *filesPlugin) read(_ context.Context, call *sdk.Call) (any, error) {
 
 // readFull reads up to count bytes at the handle's position, as fread does:
 // it stops early only at the end of the file (eof) or on an error. The buffer
-// is allocated once, at the size the read can fill, and handed to the reply
-// as it is.
-func readFull(h *fileHandle, count int) ([]byte, bool, error) {
+// comes from alloc once, at the size the read can fill, and is handed to the
+// reply as it is (the SDK recycles it after sending).
+func readFull(h *fileHandle, count int, alloc func(int) []byte) ([]byte, bool, error) {
 	if count == 0 {
 		return []byte{}, false, nil
 	}
@@ -260,7 +260,7 @@ func readFull(h *fileHandle, count int) ([]byte, bool, error) {
 			size = int(left + readSlack)
 		}
 	}
-	buf := make([]byte, size)
+	buf := alloc(size)
 	n, eof := 0, false
 	for n < len(buf) {
 		m, err := unix.Read(h.fd, buf[n:])

@@ -57,6 +57,7 @@ func (*novaDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, req []b
 	}
 	args, _ := json.Marshal(map[string]json.RawMessage{"value": value})
 	o := d.Dispatch(ctx, *msg.Name, args)
+	defer o.Done()
 	if o.Err != nil {
 		if o.Err.Class == sdk.ClassCommandNotFound {
 			return encodeNova("404", fmt.Sprintf("No such agent command '%s'", *msg.Name))

@@ -19,7 +19,7 @@ func split(input []byte, piece int, max int64) []string {
 	var out []string
 	for len(input) > 0 {
 		n := min(piece, len(input))
-		sp.feed(input[:n], func(v []byte, problem string) {
+		sp.feed(input[:n], func(v []byte, _ bool, problem string) {
 			if problem != "" {
 				out = append(out, "PROBLEM:"+problem)
 			} else {

@@ -11,13 +11,18 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/guest-agent/guest-agent/shared/dataplane"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
 // qgaDialect speaks QEMU's guest agent protocol: {"execute", "arguments",
 // "id"} in, {"return"} or {"error": {"class", "desc"}} out, one JSON value per
 // line, with 0xFF resynchronisation.
-type qgaDialect struct{}
+type qgaDialect struct {
+	// buffers recycles reply buffers: a 48 MiB file read encodes into
+	// 64 MiB of base64, which should not be a fresh allocation each time.
+	buffers dataplane.BufferPool
+}
 
 func (*qgaDialect) Name() string { return "qga" }
 
@@ -30,12 +35,12 @@ func (q *qgaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) erro
 	for {
 		n, err := s.Read(buf)
 		if n > 0 {
-			sp.feed(buf[:n], func(value []byte, problem string) {
+			sp.feed(buf[:n], func(value []byte, owned bool, problem string) {
 				if problem != "" {
 					writeReply(s, errorReply(nil, sdk.ClassGenericError, problem, false))
 					return
 				}
-				q.serveOne(ctx, s, value)
+				q.serveOne(ctx, s, value, owned)
 			})
 		}
 		if err != nil {
@@ -67,18 +72,23 @@ func writeReply(s *sdk.StreamSession, b []byte) {
 
 // serveOne decodes one request and runs it; the reply is written when the
 // command completes (commands of different plugins run side by side).
-func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value []byte) {
+func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value []byte, owned bool) {
 	req, errReply := decodeRequest(value)
 	if errReply != nil {
 		writeReply(s, errReply)
 		return
 	}
-	// The request buffer is reused by the splitter: keep what we need.
-	id := cloneRaw(req.id)
-	args := cloneRaw(req.args)
+	// A small request's buffer is reused by the splitter: keep what we need.
+	id, args := req.id, req.args
+	if !owned {
+		id, args = cloneRaw(req.id), cloneRaw(req.args)
+	}
 	delimited := req.execute == "guest-sync-delimited"
 	s.Go(ctx, req.execute, args, func(o *sdk.Outcome) {
-		writeReply(s, encodeOutcome(o, id, delimited))
+		reply := encodeOutcome(o, id, delimited, q.buffers.Get)
+		o.Done()
+		writeReply(s, reply)
+		q.buffers.Put(reply)
 	})
 }
 
@@ -88,7 +98,8 @@ func (q *qgaDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, value 
 		return errReply
 	}
 	o := d.Dispatch(ctx, req.execute, req.args)
-	return encodeOutcome(o, req.id, req.execute == "guest-sync-delimited")
+	defer o.Done()
+	return encodeOutcome(o, req.id, req.execute == "guest-sync-delimited", nil)
 }
 
 func cloneRaw(b json.RawMessage) json.RawMessage {
@@ -148,37 +159,15 @@ func decodeRequest(value []byte) (qgaRequest, []byte) {
 // decodeObject splits a JSON object into its members, refusing duplicate
 // keys as QEMU's parser does.
 func decodeObject(b []byte) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	tok, err := dec.Token()
+	members, err := sdk.SplitObject(b)
 	if err != nil {
-		return nil, cleanJSONError(err)
+		return nil, err
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, errors.New("expected an object")
+	m := make(map[string]json.RawMessage, len(members))
+	for _, mb := range members {
+		m[mb.Key] = mb.Value
 	}
-	members := make(map[string]json.RawMessage, 3)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, cleanJSONError(err)
-		}
-		key, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, cleanJSONError(err)
-		}
-		if _, dup := members[key]; dup {
-			return nil, errors.New("duplicate key")
-		}
-		members[key] = raw
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, cleanJSONError(err)
-	}
-	if dec.More() {
-		return nil, errors.New("trailing data")
-	}
-	return members, nil
+	return m, nil
 }
 
 func cleanJSONError(err error) error {
@@ -201,7 +190,9 @@ func syntaxDesc(b []byte) string {
 }
 
 // encodeOutcome renders a reply line; nil for a command that answers nothing.
-func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool) []byte {
+// alloc, when not nil, provides the reply buffer (it is handed back by the
+// caller once written).
+func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc func(int) []byte) []byte {
 	if o.Err != nil {
 		return errorReply(id, o.Err.Class, o.Err.Desc, delimited)
 	}
@@ -216,7 +207,12 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool) []byte {
 	if o.Blob != nil {
 		size += base64.StdEncoding.EncodedLen(len(o.Blob)) + len(o.BlobField) + 8
 	}
-	out := make([]byte, 0, size)
+	var out []byte
+	if alloc != nil {
+		out = alloc(size)[:0]
+	} else {
+		out = make([]byte, 0, size)
+	}
 	if delimited {
 		out = append(out, resyncByte)
 	}

@@ -27,14 +27,19 @@ type splitter struct {
 }
 
 // emit receives one complete value, or a non-empty problem for a value that
-// cannot be handled (too large). The value is only valid during the call.
-type emitFunc func(value []byte, problem string)
+// cannot be handled (too large). The value is only valid during the call
+// unless owned is true: large values are handed over rather than copied.
+type emitFunc func(value []byte, owned bool, problem string)
+
+// handOver is the size from which a value's buffer is given to the consumer
+// instead of being reused (a megabyte write is not copied again).
+const handOver = 64 << 10
 
 func (s *splitter) reset() {
 	s.cur = s.cur[:0]
 	s.started, s.inString, s.escape, s.scalar, s.skipping = false, false, false, false, false
 	s.depth, s.size = 0, 0
-	if cap(s.cur) > 1<<20 {
+	if cap(s.cur) > handOver {
 		s.cur = nil // do not pin a large request's buffer
 	}
 }
@@ -69,10 +74,15 @@ func (s *splitter) keep(b []byte) {
 }
 
 func (s *splitter) finish(emit emitFunc) {
-	if s.skipping {
-		emit(nil, fmt.Sprintf("request of more than %d bytes refused (limit max_request_bytes)", s.max))
-	} else {
-		emit(s.cur, "")
+	switch {
+	case s.skipping:
+		emit(nil, false, fmt.Sprintf("request of more than %d bytes refused (limit max_request_bytes)", s.max))
+	case len(s.cur) >= handOver:
+		v := s.cur
+		s.cur = nil
+		emit(v, true, "")
+	default:
+		emit(s.cur, false, "")
 	}
 	s.reset()
 }

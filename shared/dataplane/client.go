@@ -33,6 +33,9 @@ type Client struct {
 	wmu      sync.Mutex
 	wscratch []byte
 
+	// pool holds the buffers of response blobs; see Release.
+	pool BufferPool
+
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan result
@@ -59,6 +62,9 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 func (c *Client) Close() error {
 	return c.conn.Close()
 }
+
+// Release recycles the blob of a response once the caller is done with it.
+func (c *Client) Release(blob []byte) { c.pool.Put(blob) }
 
 // Call sends req (its Id is assigned here) and waits for the response.
 func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, error) {
@@ -110,7 +116,7 @@ func (c *Client) readLoop() {
 		resp := &pb.RunResponse{}
 		var blob []byte
 		var err error
-		scratch, blob, err = readFrame(r, resp, scratch)
+		scratch, blob, err = readFrame(r, resp, scratch, &c.pool)
 		if err != nil {
 			c.fail(fmt.Errorf("%w (%v)", ErrConnectionLost, err))
 			return

@@ -23,8 +23,9 @@ func startServer(t testing.TB, h Handler) string {
 	return sock
 }
 
-func echo(_ context.Context, req *pb.RunRequest) *pb.RunResponse {
-	return &pb.RunResponse{ResultJson: req.ArgsJson, Blob: req.Blob}
+func echo(_ context.Context, req *pb.RunRequest) (*pb.RunResponse, func()) {
+	// The request blob is recycled after the handler: copy it.
+	return &pb.RunResponse{ResultJson: req.ArgsJson, Blob: append([]byte(nil), req.Blob...)}, nil
 }
 
 func TestRoundTripAndBlobs(t *testing.T) {
@@ -48,9 +49,9 @@ func TestRoundTripAndBlobs(t *testing.T) {
 
 func TestConnectionLostFailsPending(t *testing.T) {
 	block := make(chan struct{})
-	sock := startServer(t, func(ctx context.Context, req *pb.RunRequest) *pb.RunResponse {
+	sock := startServer(t, func(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, func()) {
 		<-block
-		return &pb.RunResponse{}
+		return &pb.RunResponse{}, nil
 	})
 	c, err := Dial(context.Background(), sock)
 	if err != nil {

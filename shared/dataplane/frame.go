@@ -52,7 +52,7 @@ func writeFrame(w io.Writer, meta proto.Message, blob []byte, scratch []byte) ([
 }
 
 // readFrame reads one frame into meta and returns its blob.
-func readFrame(r io.Reader, meta proto.Message, scratch []byte) ([]byte, []byte, error) {
+func readFrame(r io.Reader, meta proto.Message, scratch []byte, pool *BufferPool) ([]byte, []byte, error) {
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return scratch, nil, err
@@ -74,8 +74,9 @@ func readFrame(r io.Reader, meta proto.Message, scratch []byte) ([]byte, []byte,
 	}
 	var blob []byte
 	if blobLen > 0 {
-		blob = make([]byte, blobLen)
+		blob = pool.Get(int(blobLen))
 		if _, err := io.ReadFull(r, blob); err != nil {
+			pool.Put(blob)
 			return scratch, nil, fmt.Errorf("dataplane: read blob: %w", err)
 		}
 	}

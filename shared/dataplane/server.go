@@ -14,8 +14,9 @@ import (
 )
 
 // Handler runs one request. It is called concurrently; it must not keep
-// req.Blob after returning unless it copied it.
-type Handler func(ctx context.Context, req *pb.RunRequest) *pb.RunResponse
+// req.Blob after returning (the buffer is recycled). done, if not nil, is
+// called once the response has been written (its blob may be recycled then).
+type Handler func(ctx context.Context, req *pb.RunRequest) (resp *pb.RunResponse, done func())
 
 // Serve accepts parser connections on ln and runs their requests with h until
 // ctx ends or ln fails. Requests on one connection run concurrently, so a slow
@@ -61,11 +62,12 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 	}
 	r := bufio.NewReaderSize(conn, 64<<10)
 	var rscratch []byte
+	var pool BufferPool
 	for {
 		req := &pb.RunRequest{}
 		var blob []byte
 		var err error
-		rscratch, blob, err = readFrame(r, req, rscratch)
+		rscratch, blob, err = readFrame(r, req, rscratch, &pool)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
 				logger.Warn("dataplane: connection dropped", "error", err)
@@ -74,12 +76,18 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 		}
 		req.Blob = blob
 		go func() {
-			resp := h(ctx, req)
+			resp, done := h(ctx, req)
+			if blob != nil {
+				pool.Put(blob)
+			}
 			if resp == nil {
 				resp = &pb.RunResponse{Error: &pb.Error{Class: "GenericError", Desc: "command returned no response"}}
 			}
 			resp.Id = req.Id
 			respond(resp)
+			if done != nil {
+				done()
+			}
 		}()
 	}
 }

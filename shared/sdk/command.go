@@ -42,8 +42,22 @@ type Command struct {
 type Call struct {
 	Command string
 	Args    json.RawMessage
-	Blob    []byte
-	Caller  *pb.Caller
+	// Blob holds the decoded BlobArg. It is recycled when the handler
+	// returns: copy what must outlive the call.
+	Blob   []byte
+	Caller *pb.Caller
+
+	pool   *dataplane.BufferPool
+	pooled [][]byte
+}
+
+// AllocBlob returns a buffer of n bytes for the reply's blob. It is recycled
+// once the reply has been sent, sparing page faults and garbage collection
+// on bulk transfers; the handler must not keep it.
+func (c *Call) AllocBlob(n int) []byte {
+	b := c.pool.Get(n)
+	c.pooled = append(c.pooled, b)
+	return b
 }
 
 // Decode decodes the arguments with qemu-ga's validation (see DecodeArgs).
@@ -91,6 +105,7 @@ type CommandPlugin struct {
 
 	once  sync.Once
 	index map[string]*Command
+	pool  dataplane.BufferPool
 }
 
 func (p *CommandPlugin) init() {
@@ -125,13 +140,32 @@ func (p *CommandPlugin) Info() *pb.InfoResponse {
 
 // Run runs one request in this process. The data plane and the gRPC Run call
 // both end here; tests of a plugin's handlers may call it directly.
-func (p *CommandPlugin) Run(ctx context.Context, req *pb.RunRequest) (resp *pb.RunResponse) {
+func (p *CommandPlugin) Run(ctx context.Context, req *pb.RunRequest) *pb.RunResponse {
+	resp, _ := p.run(ctx, req)
+	return resp
+}
+
+// serveDataplane runs a data plane request; buffers from AllocBlob are
+// recycled once the response is written.
+func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, func()) {
+	resp, call := p.run(ctx, req)
+	if call == nil || len(call.pooled) == 0 {
+		return resp, nil
+	}
+	return resp, func() {
+		for _, b := range call.pooled {
+			p.pool.Put(b)
+		}
+	}
+}
+
+func (p *CommandPlugin) run(ctx context.Context, req *pb.RunRequest) (resp *pb.RunResponse, call *Call) {
 	p.init()
 	resp = &pb.RunResponse{Id: req.Id}
 	cmd := p.index[req.Command]
 	if cmd == nil {
 		resp.Error = &pb.Error{Class: ClassCommandNotFound, Desc: fmt.Sprintf("The command %s has not been found", req.Command)}
-		return resp
+		return resp, nil
 	}
 	if req.DeadlineUnixNano > 0 {
 		var cancel context.CancelFunc
@@ -144,12 +178,14 @@ func (p *CommandPlugin) Run(ctx context.Context, req *pb.RunRequest) (resp *pb.R
 		if r := recover(); r != nil {
 			p.Logger.Error("command panicked", "command", req.Command, "panic", r, "stack", string(debug.Stack()))
 			resp = &pb.RunResponse{Id: req.Id, Error: &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("internal error in %s: %v", req.Command, r)}}
+			call = nil // buffers may still be in use by a runaway handler
 		}
 	}()
-	out, err := cmd.Handler(ctx, &Call{Command: req.Command, Args: req.ArgsJson, Blob: req.Blob, Caller: req.Caller})
+	call = &Call{Command: req.Command, Args: req.ArgsJson, Blob: req.Blob, Caller: req.Caller, pool: &p.pool}
+	out, err := cmd.Handler(ctx, call)
 	if err != nil {
 		resp.Error = toProtoError(err)
-		return resp
+		return resp, call
 	}
 	if r, ok := out.(*Reply); ok {
 		resp.Blob = r.Blob
@@ -159,19 +195,19 @@ func (p *CommandPlugin) Run(ctx context.Context, req *pb.RunRequest) (resp *pb.R
 	}
 	if out == nil {
 		resp.ResultJson = []byte("{}")
-		return resp
+		return resp, call
 	}
 	if raw, ok := out.(json.RawMessage); ok {
 		resp.ResultJson = raw
-		return resp
+		return resp, call
 	}
 	b, err := json.Marshal(out)
 	if err != nil {
 		resp.Error = &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("encode result of %s: %v", req.Command, err)}
-		return resp
+		return resp, call
 	}
 	resp.ResultJson = b
-	return resp
+	return resp, call
 }
 
 // ServeCommands runs the command plugin until the supervisor stops it.
@@ -219,7 +255,7 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 			return nil, fmt.Errorf("%s: data plane: %w", s.p.Name, err)
 		}
 		go func() {
-			if err := dataplane.Serve(context.Background(), ln, s.p.Run, s.p.Logger); err != nil {
+			if err := dataplane.Serve(context.Background(), ln, s.p.serveDataplane, s.p.Logger); err != nil {
 				s.p.Logger.Error("data plane stopped", "error", err)
 			}
 		}()

@@ -52,6 +52,17 @@ type Outcome struct {
 	Err       *pb.Error
 	// NoResponse: success, and the command sends no reply.
 	NoResponse bool
+	// Release, when not nil, recycles Blob's buffer: call it once the reply
+	// is encoded (see Done).
+	Release func()
+}
+
+// Done releases the outcome's buffers; safe on any outcome.
+func (o *Outcome) Done() {
+	if o != nil && o.Release != nil {
+		o.Release()
+		o.Release = nil
+	}
 }
 
 // ParserPlugin is a plugin that serves dialects.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -386,7 +387,7 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req.DeadlineUnixNano = time.Now().Add(timeout).UnixNano()
-	resp, err := d.e.call(ctx, route.Plugin, req)
+	resp, release, err := d.e.call(ctx, route.Plugin, req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return errOutcome(ClassGenericError, "command %s timed out after %s", command, timeout)
@@ -400,9 +401,10 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 		d.e.frozen.Store(false)
 	}
 	if resp.Error != nil {
+		release()
 		return &Outcome{Err: resp.Error}
 	}
-	o := &Outcome{Result: resp.ResultJson, NoResponse: resp.NoResponse}
+	o := &Outcome{Result: resp.ResultJson, NoResponse: resp.NoResponse, Release: release}
 	if spec.GetBlobResult() != "" {
 		o.Blob, o.BlobField = resp.Blob, spec.BlobResult
 		if o.Blob == nil {
@@ -461,44 +463,66 @@ func (d *dispatcher) core(command string, args json.RawMessage) *Outcome {
 }
 
 // extractBlobArg moves a base64 argument out of the JSON into req.Blob,
-// decoded strictly, so the command plugin receives raw bytes.
+// decoded strictly, so the command plugin receives raw bytes. The member is
+// left in the arguments as an empty string, so the plugin still tells a
+// missing argument from an empty one.
 func extractBlobArg(req *pb.RunRequest, member string) *Outcome {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(req.ArgsJson, &m); err != nil {
+	members, err := SplitObject(req.ArgsJson)
+	if err != nil {
 		return errOutcome(ClassGenericError, "QMP input member 'arguments' must be an object")
 	}
-	raw, ok := m[member]
-	if !ok {
+	idx := -1
+	for i, m := range members {
+		if m.Key == member {
+			idx = i
+		}
+	}
+	if idx < 0 {
 		return nil // the plugin reports the missing parameter
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	text, ok := StringValue(members[idx].Value)
+	if !ok {
 		return errOutcome(ClassGenericError, "Invalid parameter type for '%s', expected: string", member)
 	}
-	blob, err := base64.StdEncoding.Strict().DecodeString(s)
+	blob := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
+	n, err := base64.StdEncoding.Strict().Decode(blob, text)
 	if err != nil {
 		return errOutcome(ClassGenericError, "Invalid base64 data")
 	}
-	delete(m, member)
-	args, _ := json.Marshal(m)
-	req.ArgsJson, req.Blob = args, blob
+	// Rebuild the (small) rest of the arguments around an empty string.
+	args := make([]byte, 0, 64)
+	args = append(args, '{')
+	for i, m := range members {
+		if i > 0 {
+			args = append(args, ',')
+		}
+		args = strconv.AppendQuote(args, m.Key)
+		args = append(args, ':')
+		if i == idx {
+			args = append(args, `""`...)
+		} else {
+			args = append(args, m.Value...)
+		}
+	}
+	args = append(args, '}')
+	req.ArgsJson, req.Blob = args, blob[:n]
 	return nil
 }
 
 // call runs req on the named plugin's data plane, dialling (and asking the
 // supervisor to start the plugin) when needed.
-func (e *ParserEngine) call(ctx context.Context, pluginName string, req *pb.RunRequest) (*pb.RunResponse, error) {
+func (e *ParserEngine) call(ctx context.Context, pluginName string, req *pb.RunRequest) (*pb.RunResponse, func(), error) {
 	e.mu.RLock()
 	pc := e.plugins[pluginName]
 	e.mu.RUnlock()
 	if pc == nil {
-		return nil, fmt.Errorf("no route to plugin %s", pluginName)
+		return nil, nil, fmt.Errorf("no route to plugin %s", pluginName)
 	}
 	var resp *pb.RunResponse
 	for attempt := 0; ; attempt++ {
 		c, err := pc.client(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		resp, err = c.Call(ctx, req)
 		if err != nil {
@@ -508,9 +532,10 @@ func (e *ParserEngine) call(ctx context.Context, pluginName string, req *pb.RunR
 			continue // the plugin had gone before we sent: try its successor
 		}
 		if err != nil {
-			return resp, wrapLost(pluginName, err)
+			return resp, nil, wrapLost(pluginName, err)
 		}
-		return resp, nil
+		blob := resp.Blob
+		return resp, func() { c.Release(blob) }, nil
 	}
 }
 
