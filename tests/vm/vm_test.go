@@ -23,6 +23,10 @@ var virtioModules = []string{
 	"drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",
 	"drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci_legacy_dev.ko",
 	"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
+	// The data disk of the fsfreeze check: virtio-blk and ext4 with its
+	// dependencies (modules.dep, and ext4's and jbd2's softdep on crc32c).
+	"drivers/block/virtio_blk.ko", "crypto/crc32c_generic.ko", "lib/crc16.ko",
+	"fs/mbcache.ko", "fs/jbd2/jbd2.ko", "fs/ext4/ext4.ko",
 }
 
 const initScript = `#!/bin/busybox sh
@@ -37,6 +41,10 @@ echo "guest-agent-vm: modules loaded"
 i=0
 while [ ! -e /sys/class/virtio-ports/vport0p1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "guest-agent-vm: port $(cat /sys/class/virtio-ports/*/name 2>/dev/null)"
+i=0
+while [ ! -e /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+mkdir -p /mnt/data
+mount -t ext4 /dev/vda /mnt/data && echo "guest-agent-vm: /mnt/data mounted" || echo "guest-agent-vm: mounting /dev/vda failed"
 /ga/guest-agent -m virtio-serial -p org.qemu.guest_agent.0 -t /run/ga -c /ga/none.hcl -v
 echo "guest-agent-vm: agent exited with $?"
 poweroff -f
@@ -85,7 +93,7 @@ func buildInitramfs(t *testing.T, kver, bin string) string {
 	for _, m := range virtioModules {
 		src := filepath.Join("/lib/modules", kver, "kernel", m)
 		// Numbered so the shell glob loads them in dependency order.
-		dst := filepath.Join(root, "lib/modules", fmt.Sprintf("%d-%s", indexOf(m), filepath.Base(m)))
+		dst := filepath.Join(root, "lib/modules", fmt.Sprintf("%02d-%s", indexOf(m), filepath.Base(m)))
 		copyFile(t, src, dst, 0o644)
 	}
 	entries, err := os.ReadDir(bin)
@@ -140,6 +148,11 @@ func bootVM(t *testing.T) *vmInstance {
 	kver := kernelVersion(t)
 	initrd := buildInitramfs(t, kver, bin)
 	dir := harness.ShortTempDir(t)
+	// The data disk: a small ext4 image, frozen and thawed by the test.
+	disk := filepath.Join(t.TempDir(), "data.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "gadata", disk, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 (install e2fsprogs): %v\n%s", err, out)
+	}
 	vm := &vmInstance{socket: filepath.Join(dir, "qga.sock"), console: &harness.SyncBuffer{}}
 	vm.cmd = exec.Command("qemu-system-x86_64",
 		"-accel", "tcg", "-m", "1024", "-smp", "1",
@@ -150,6 +163,7 @@ func bootVM(t *testing.T) *vmInstance {
 		"-chardev", "socket,path="+vm.socket+",server=on,wait=off,id=qga0",
 		"-device", "virtio-serial-pci",
 		"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+		"-drive", "file="+disk+",if=virtio,format=raw",
 	)
 	vm.cmd.Stdout, vm.cmd.Stderr = vm.console, vm.console
 	if err := vm.cmd.Start(); err != nil {
@@ -258,6 +272,10 @@ func TestVMVirtioSerial(t *testing.T) {
 	if _, err := guestctl(t, vm.socket, "ping"); err != nil {
 		t.Fatalf("ping after reconnects: %v", err)
 	}
+
+	fsfreezeStart := time.Now()
+	t.Run("fsfreeze", func(t *testing.T) { checkFsfreeze(t, vm) })
+	t.Logf("fsfreeze check took %s", time.Since(fsfreezeStart).Round(time.Millisecond))
 	t.Logf("VM test done in %s", time.Since(start).Round(time.Millisecond))
 }
 
