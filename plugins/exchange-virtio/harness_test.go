@@ -148,6 +148,15 @@ func (w *testWriter) Write(b []byte) (int, error) {
 
 func channel(t *testing.T, method, path string, opts map[string]any) sdk.Channel {
 	t.Helper()
+	if method == methodUnix {
+		// These tests exercise the accept loop; the hand-over has its own.
+		if opts == nil {
+			opts = map[string]any{}
+		}
+		if _, set := opts["hand_over_listener"]; !set {
+			opts["hand_over_listener"] = false
+		}
+	}
 	var raw json.RawMessage
 	if opts != nil {
 		b, err := json.Marshal(opts)

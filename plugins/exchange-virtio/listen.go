@@ -39,9 +39,14 @@ type listenOptions struct {
 	SocketGroup    json.RawMessage `json:"socket_group"` // group name or gid, unix-listen only
 	MaxConnections int             `json:"max_connections"`
 	RetryPath      bool            `json:"retry_path"` // accepted for uniformity; listeners need no retry
+	// HandOverListener (unix-listen, default true): hand the listening
+	// socket itself to the parser, which accepts, checks credentials and
+	// enforces max_connections; this exchange then has nothing left to do
+	// and the supervisor stops it. false keeps the accept loop here.
+	HandOverListener *bool `json:"hand_over_listener"`
 }
 
-var listenOptionNames = []string{"socket_mode", "socket_owner", "socket_group", "max_connections", "retry_path"}
+var listenOptionNames = []string{"socket_mode", "socket_owner", "socket_group", "max_connections", "retry_path", "hand_over_listener"}
 
 func (o *listenOptions) maxConnections() int {
 	switch {
@@ -155,6 +160,23 @@ func (e *Exchange) openUnix(ctx context.Context, ch sdk.Channel, out *session.Ou
 	if err := unix.Listen(fd, listenBacklog); err != nil {
 		removeOurs()
 		return fail(fmt.Errorf("unix-listen: listen on %s: %w", path, err))
+	}
+	if opts.HandOverListener == nil || *opts.HandOverListener {
+		f := os.NewFile(uintptr(fd), "unix-listener")
+		err := out.Send(session.Event{
+			Type: session.EventHandoff, Channel: ch.Name, Session: ch.Name + "/listener",
+			Kind: session.KindListener, Origin: "unix:" + path,
+			MaxConnections: opts.maxConnections(), ListenerPath: path,
+		}, f)
+		f.Close() // the parser has its own copy now
+		if err != nil {
+			removeOurs()
+			return "", fmt.Errorf("unix-listen: hand the listener to the parser: %w", err)
+		}
+		release() // nothing of the channel is held here any more
+		ch.Logger.Info("listening socket handed to the parser", "path", path, "mode", fmt.Sprintf("%#o", mode),
+			"uid", uid, "gid", gid, "max_connections", opts.maxConnections())
+		return path, nil
 	}
 	l, err := newListener(ch, out, fd, opts.maxConnections(), release)
 	if err != nil {

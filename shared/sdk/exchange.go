@@ -117,7 +117,7 @@ func (s *exchangeServer) OpenChannel(_ context.Context, req *pb.OpenChannelReque
 	s.channels[req.Channel] = cancel
 	s.mu.Unlock()
 	releaseStartupMemory()
-	return &pb.OpenChannelResponse{ResolvedPath: resolved}, nil
+	return &pb.OpenChannelResponse{ResolvedPath: resolved, HandedOver: out.HandedOver()}, nil
 }
 
 func (s *exchangeServer) CloseChannel(_ context.Context, req *pb.CloseChannelRequest) (*pb.CloseChannelResponse, error) {

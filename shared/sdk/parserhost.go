@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,10 +47,15 @@ func ServeParser(p *ParserPlugin) {
 	for _, d := range p.Dialects {
 		info.Dialects = append(info.Dialects, d.Name())
 	}
+	var engine *ParserEngine
 	serve(p.Logger, func(s *grpc.Server, broker *plugin.GRPCBroker) {
+		engine = NewParserEngine(p, broker)
 		pb.RegisterPluginServer(s, &baseServer{info: info})
-		pb.RegisterParserServer(s, NewParserEngine(p, broker))
+		pb.RegisterParserServer(s, engine)
 	})
+	if engine != nil {
+		engine.Close()
+	}
 }
 
 // ParserEngine runs the sessions of every channel for a parser plugin.
@@ -61,14 +67,26 @@ type ParserEngine struct {
 
 	frozen atomic.Bool
 
-	mu       sync.RWMutex
-	cfg      *pb.ConfigureParserRequest
-	limits   resolvedLimits
-	routes   map[string]*pb.Route
-	channels map[string]*channelState
-	plugins  map[string]*pluginConn
-	host     pb.HostClient
-	inboxes  []*session.Inbox
+	mu        sync.RWMutex
+	cfg       *pb.ConfigureParserRequest
+	limits    resolvedLimits
+	routes    map[string]*pb.Route
+	channels  map[string]*channelState
+	plugins   map[string]*pluginConn
+	host      pb.HostClient
+	inboxes   []*session.Inbox
+	listeners []*net.UnixListener
+}
+
+// Close stops the listeners handed over by exchanges and removes their
+// socket files, as the exchange would have.
+func (e *ParserEngine) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ln := range e.listeners {
+		ln.Close()
+	}
+	e.listeners = nil
 }
 
 type resolvedLimits struct {
@@ -245,6 +263,11 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 				go e.serveMessages(ctx, st, f, caller)
 				continue
 			}
+			if ev.Kind == session.KindListener {
+				// Not tied to this feed: the exchange may now exit.
+				go e.serveListener(st, f, ev)
+				continue
+			}
 			s := e.newStreamSession(st, f, caller, ev)
 			if ev.Persistent {
 				if old := persistent[ev.Session]; old != nil {
@@ -261,6 +284,54 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 	}
 }
 
+// serveListener accepts connections on a listening socket an exchange
+// handed over, doing what the exchange's accept loop did: the connection
+// limit and the peer's credentials.
+func (e *ParserEngine) serveListener(st *channelState, f *os.File, ev session.Event) {
+	l, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		e.logger.Error("handed-over listener unusable", "channel", st.cfg.Name, "error", err)
+		return
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		e.logger.Error("handed-over listener is not a unix socket", "channel", st.cfg.Name)
+		return
+	}
+	ln.SetUnlinkOnClose(ev.ListenerPath != "")
+	e.mu.Lock()
+	e.listeners = append(e.listeners, ln)
+	e.mu.Unlock()
+	e.logger.Info("serving a handed-over listener", "channel", st.cfg.Name, "origin", ev.Origin, "max_connections", ev.MaxConnections)
+	var active atomic.Int64
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				e.logger.Error("accept failed; channel stopped", "channel", st.cfg.Name, "error", err)
+			}
+			return
+		}
+		if ev.MaxConnections > 0 && active.Load() >= int64(ev.MaxConnections) {
+			e.logger.Warn("connection refused: max_connections reached", "channel", st.cfg.Name, "limit", ev.MaxConnections)
+			conn.Close()
+			continue
+		}
+		caller := &pb.Caller{Channel: st.cfg.Name, Dialect: st.cfg.Dialect, PeerPid: -1, PeerUid: -1, PeerGid: -1}
+		if peer, err := session.PeerOf(conn); err == nil {
+			caller.PeerPid, caller.PeerUid, caller.PeerGid = peer.PID, peer.UID, peer.GID
+		}
+		active.Add(1)
+		s := e.newStreamSession(st, conn, caller, session.Event{Origin: ev.Origin})
+		go func() {
+			defer active.Add(-1)
+			e.serveStream(context.Background(), st, s)
+		}()
+	}
+}
+
 func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *StreamSession) {
 	st.sessions.Add(1)
 	defer st.sessions.Add(-1)
@@ -269,7 +340,7 @@ func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *Str
 	defer cancel()
 	go func() {
 		<-ctx.Done()
-		s.file.Close() // unblocks the dialect's read
+		s.conn.Close() // unblocks the dialect's read
 	}()
 	e.logger.Debug("session started", "channel", st.cfg.Name, "origin", s.origin)
 	if err := st.dialect.ServeStream(ctx, s); err != nil && ctx.Err() == nil {
@@ -619,7 +690,7 @@ func (e *ParserEngine) hostClient() pb.HostClient {
 // StreamSession is one byte-stream session given to Dialect.ServeStream.
 type StreamSession struct {
 	*dispatcher
-	file       *os.File
+	conn       io.ReadWriteCloser
 	origin     string
 	persistent bool
 	cancel     context.CancelFunc
@@ -638,13 +709,13 @@ type StreamSession struct {
 	maxReqLen int64
 }
 
-func (e *ParserEngine) newStreamSession(st *channelState, f *os.File, caller *pb.Caller, ev session.Event) *StreamSession {
+func (e *ParserEngine) newStreamSession(st *channelState, conn io.ReadWriteCloser, caller *pb.Caller, ev session.Event) *StreamSession {
 	e.mu.RLock()
 	lim := e.limits
 	e.mu.RUnlock()
 	return &StreamSession{
 		dispatcher: e.newDispatcher(st, caller),
-		file:       f,
+		conn:       conn,
 		origin:     ev.Origin,
 		persistent: ev.Persistent,
 		hostUp:     true,
@@ -657,14 +728,14 @@ func (e *ParserEngine) newStreamSession(st *channelState, f *os.File, caller *pb
 }
 
 // Read reads from the session.
-func (s *StreamSession) Read(p []byte) (int, error) { return s.file.Read(p) }
+func (s *StreamSession) Read(p []byte) (int, error) { return s.conn.Read(p) }
 
 // Write writes one whole reply; replies from concurrent commands never
 // interleave.
 func (s *StreamSession) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	return s.file.Write(p)
+	return s.conn.Write(p)
 }
 
 // MaxRequestBytes is the configured limit on one request.

@@ -28,6 +28,11 @@ import (
 const (
 	KindStream   = "stream"
 	KindMessages = "messages"
+	// KindListener hands over a listening unix socket: the parser accepts
+	// connections itself (enforcing MaxConnections, reading SO_PEERCRED),
+	// and the exchange, having nothing left to do, may be stopped until the
+	// channel must be reopened. An idle agent then runs one process fewer.
+	KindListener = "listener"
 )
 
 // Event types sent on an outbox.
@@ -60,15 +65,28 @@ type Event struct {
 	Persistent bool   `json:"persistent,omitempty"`
 	Peer       *Peer  `json:"peer,omitempty"`
 	Origin     string `json:"origin,omitempty"` // for logs: "unix:/run/qga.sock"
+	// For KindListener: the most connections served at once (0: no limit)
+	// and the socket's path, removed by the parser when it stops serving it.
+	MaxConnections int    `json:"max_connections,omitempty"`
+	ListenerPath   string `json:"listener_path,omitempty"`
 }
 
 const maxEventLen = 16 << 10
 
 // Outbox is the exchange's end of an inbox connection.
 type Outbox struct {
-	conn *net.UnixConn
-	mu   sync.Mutex
-	done chan struct{}
+	conn       *net.UnixConn
+	mu         sync.Mutex
+	done       chan struct{}
+	handedOver bool
+}
+
+// HandedOver reports whether a listener was handed to the parser: the
+// channel no longer needs the exchange.
+func (o *Outbox) HandedOver() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.handedOver
 }
 
 // DialOutbox connects to a parser's inbox socket.
@@ -108,6 +126,9 @@ func (o *Outbox) Send(ev Event, f *os.File) error {
 	defer o.mu.Unlock()
 	if _, _, err := o.conn.WriteMsgUnix(b, oob, nil); err != nil {
 		return fmt.Errorf("session: send %s event: %w", ev.Type, err)
+	}
+	if ev.Kind == KindListener {
+		o.handedOver = true
 	}
 	return nil
 }

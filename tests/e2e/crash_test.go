@@ -141,8 +141,10 @@ func TestNoOrphansWhenSupervisorKilled(t *testing.T) {
 	c := harness.MustDial(t, a.Socket)
 	pluginPID(t, c) // start the lazy plugin too
 	children := harness.Children(a.Cmd.Process.Pid)
-	if len(children) < 3 {
-		t.Fatalf("expected at least 3 plugin processes, got %v", children)
+	// The parser and the lazily started cmd-test; the exchange handed its
+	// listener to the parser and was stopped.
+	if len(children) < 2 {
+		t.Fatalf("expected at least 2 plugin processes, got %v", children)
 	}
 	if err := a.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -188,5 +190,55 @@ func TestShutdownAndStaleSockets(t *testing.T) {
 		if harness.Alive(pid) {
 			t.Errorf("plugin %d still running after a clean shutdown", pid)
 		}
+	}
+}
+
+// The parser killed: the supervisor restarts it, starts the exchange again to
+// bind the socket anew and hand it over, and stops the exchange once more.
+func TestParserKilledChannelRestored(t *testing.T) {
+	a := startAgent(t)
+	var parser int
+	for _, pid := range harness.Children(a.Cmd.Process.Pid) {
+		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-parser-json") {
+			parser = pid
+		}
+		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-exchange-virtio") {
+			t.Fatalf("the exchange should have been stopped after handing over its listener")
+		}
+	}
+	if parser == 0 {
+		t.Fatalf("no parser among %v", harness.Children(a.Cmd.Process.Pid))
+	}
+	c := harness.MustDial(t, a.Socket)
+	call(t, c, `{"execute":"guest-ping"}`)
+	if err := syscall.Kill(parser, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The session dies with the parser.
+	if _, err := c.ReadLine(); err == nil {
+		t.Fatal("the session should end with the parser")
+	}
+	harness.WaitForPing(t, a.Socket, 10*time.Second)
+	for i := 0; i < 3; i++ {
+		c2 := harness.MustDial(t, a.Socket)
+		if r, _ := harness.Decode(t, call(t, c2, `{"execute":"test-pid"}`)); r.Error != nil {
+			t.Fatalf("command after the parser restart: %+v", r.Error)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		exchanges := 0
+		for _, pid := range harness.Children(a.Cmd.Process.Pid) {
+			if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-exchange-virtio") {
+				exchanges++
+			}
+		}
+		if exchanges == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the exchange restarted for the recovery was not stopped again")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

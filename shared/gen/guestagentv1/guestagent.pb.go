@@ -914,8 +914,12 @@ func (x *OpenChannelRequest) GetInboxSocket() string {
 }
 
 type OpenChannelResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ResolvedPath  string                 `protobuf:"bytes,1,opt,name=resolved_path,json=resolvedPath,proto3" json:"resolved_path,omitempty"` // e.g. the virtio port found by name
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ResolvedPath string                 `protobuf:"bytes,1,opt,name=resolved_path,json=resolvedPath,proto3" json:"resolved_path,omitempty"` // e.g. the virtio port found by name
+	// The exchange handed the channel's transport itself (a listening socket)
+	// to the parser: it has nothing left to do for this channel and may be
+	// stopped until the channel must be reopened.
+	HandedOver    bool `protobuf:"varint,2,opt,name=handed_over,json=handedOver,proto3" json:"handed_over,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -955,6 +959,13 @@ func (x *OpenChannelResponse) GetResolvedPath() string {
 		return x.ResolvedPath
 	}
 	return ""
+}
+
+func (x *OpenChannelResponse) GetHandedOver() bool {
+	if x != nil {
+		return x.HandedOver
+	}
+	return false
 }
 
 type CloseChannelRequest struct {
@@ -1704,9 +1715,11 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12!\n" +
 	"\foptions_json\x18\x04 \x01(\fR\voptionsJson\x12!\n" +
-	"\finbox_socket\x18\x05 \x01(\tR\vinboxSocket\":\n" +
+	"\finbox_socket\x18\x05 \x01(\tR\vinboxSocket\"[\n" +
 	"\x13OpenChannelResponse\x12#\n" +
-	"\rresolved_path\x18\x01 \x01(\tR\fresolvedPath\"/\n" +
+	"\rresolved_path\x18\x01 \x01(\tR\fresolvedPath\x12\x1f\n" +
+	"\vhanded_over\x18\x02 \x01(\bR\n" +
+	"handedOver\"/\n" +
 	"\x13CloseChannelRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\"\x16\n" +
 	"\x14CloseChannelResponse\"\xae\x01\n" +

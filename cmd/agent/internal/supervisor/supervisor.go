@@ -51,6 +51,9 @@ type Supervisor struct {
 	ctx       context.Context
 	reopening sync.Mutex
 	inboxes   map[string]string // channel → parser inbox socket
+	// handedOver marks channels whose exchange gave its transport to the
+	// parser (a listening socket): such an exchange is stopped while idle.
+	handedOver map[string]bool
 }
 
 // managed is one plugin under supervision.
@@ -85,6 +88,7 @@ func New(opts Options) *Supervisor {
 		parserOf:   map[string]*managed{},
 		exchOf:     map[string]*managed{},
 		inboxes:    map[string]string{},
+		handedOver: map[string]bool{},
 	}
 }
 
@@ -338,6 +342,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	s.stopIdleExchanges()
 	if !s.lazy {
 		for _, m := range s.plugins {
 			if m.info.Kind == pb.Kind_KIND_COMMAND {
@@ -518,6 +523,7 @@ func (s *Supervisor) recoverChannels(parser, exch *managed) {
 			}
 		}
 		if err == nil {
+			s.stopIdleExchanges()
 			s.logger.Info("channels restored after plugin restart")
 			return
 		}
@@ -596,8 +602,38 @@ func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
 	if err != nil {
 		return fmt.Errorf("open channel %s (%s %s): %w", ch.Name, ch.Method, ch.Path, err)
 	}
-	s.logger.Info("channel open", "channel", ch.Name, "method", ch.Method, "path", resp.ResolvedPath, "dialect", ch.Dialect)
+	s.mu.Lock()
+	s.handedOver[ch.Name] = resp.HandedOver
+	s.mu.Unlock()
+	s.logger.Info("channel open", "channel", ch.Name, "method", ch.Method, "path", resp.ResolvedPath, "dialect", ch.Dialect, "handed_over", resp.HandedOver)
 	return nil
+}
+
+// stopIdleExchanges stops every exchange whose channels were all handed
+// over to their parser: it has nothing to do until a channel must be
+// reopened (after a parser restart), when it is started again.
+func (s *Supervisor) stopIdleExchanges() {
+	for _, m := range s.uniq(s.exchOf) {
+		idle := true
+		s.mu.Lock()
+		for _, ch := range s.channels {
+			if s.exchOf[ch.Name] == m && !s.handedOver[ch.Name] {
+				idle = false
+			}
+		}
+		s.mu.Unlock()
+		if !idle {
+			continue
+		}
+		m.mu.Lock()
+		r := m.run
+		m.run = nil // an intended stop, not a crash
+		m.mu.Unlock()
+		if r != nil {
+			r.stop()
+			s.logger.Info("exchange stopped: its channels are served by the parser", "plugin", m.found.Name)
+		}
+	}
 }
 
 // stopAll ends every plugin; nothing is left behind.
