@@ -54,5 +54,5 @@ func TestUnixListenHandsOverTheListener(t *testing.T) {
 		t.Fatalf("read %q %v", buf, err)
 	}
 	conn.Close()
-	p.none(300*time.Millisecond) // no per-connection handoffs from the exchange
+	p.none(300 * time.Millisecond) // no per-connection handoffs from the exchange
 }
