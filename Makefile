@@ -71,8 +71,11 @@ test: build lint proto-check
 vm-test: build
 	cd tests && GUEST_AGENT_BIN=$(BIN) GUEST_AGENT_VM=1 $(GO) test -count=1 -timeout 5m -run 'TestVM' ./vm/...
 
+# Side by side with qemu-ga (ping, memory, start, file transfer, exec), then
+# the nova round trip through a real oxenstored: watch versus the 1 s poll.
 bench: build
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) run ./bench
+	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) test -run '^$$' -bench NovaRoundTrip -benchtime 200x ./xen/
 
 clean:
 	rm -rf $(BIN) run
