@@ -124,13 +124,36 @@ func (n *nova) resetnetwork(ctx context.Context, call *sdk.Call) (any, error) {
 			return nil, fmt.Errorf("resetnetwork: sethostname: %w", err)
 		}
 	}
-	if len(n.opts.ApplyCommand) > 0 {
-		if out, err := runCommand(ctx, n.opts.ApplyCommand); err != nil {
-			return nil, sdk.Errorf("resetnetwork: %s failed: %v: %s", n.opts.ApplyCommand[0], err, strings.TrimSpace(string(out)))
+	apply := n.opts.ApplyCommand
+	if apply == nil && n.opts.Root == "/" {
+		apply = defaultApplyCommand(backend)
+	}
+	if len(apply) > 0 {
+		if out, err := runCommand(ctx, apply); err != nil {
+			return nil, sdk.Errorf("resetnetwork: %s failed: %v: %s", apply[0], err, strings.TrimSpace(string(out)))
 		}
-		n.log.Info("resetnetwork: applied", "command", n.opts.ApplyCommand)
+		n.log.Info("resetnetwork: applied", "command", apply)
 	}
 	return "", nil
+}
+
+// defaultApplyCommand is how each distribution's own tooling takes the
+// rewritten files into use, as nova-agent restarted the network service.
+// It applies only when the agent writes the real root; an explicit
+// apply_command (even an empty list) replaces it.
+func defaultApplyCommand(backend string) []string {
+	switch backend {
+	case backendNetplan:
+		return []string{"netplan", "apply"}
+	case backendNM:
+		return []string{"systemctl", "restart", "NetworkManager"}
+	case backendNetworkd:
+		return []string{"networkctl", "reload"}
+	case backendIfcfg:
+		return []string{"systemctl", "restart", "network"}
+	default: // ifupdown
+		return []string{"systemctl", "restart", "networking"}
+	}
 }
 
 // readVMData reads every vm-data/networking entry (by key) and the

@@ -255,3 +255,15 @@ func TestPrefixLen(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultApplyCommands(t *testing.T) {
+	for backend, want := range map[string]string{
+		backendNetplan: "netplan apply", backendNetworkd: "networkctl reload",
+		backendIfupdown: "systemctl restart networking", backendNM: "systemctl restart NetworkManager",
+		backendIfcfg: "systemctl restart network",
+	} {
+		if got := strings.Join(defaultApplyCommand(backend), " "); got != want {
+			t.Errorf("%s: %q, want %q", backend, got, want)
+		}
+	}
+}

@@ -37,9 +37,10 @@ type options struct {
 	// networkd or ifcfg. Default: detected from the files under root.
 	NetworkBackend string `json:"network_backend"`
 	// ApplyCommand is run (argv, no shell) after resetnetwork wrote the
-	// files, e.g. ["netplan", "apply"] or ["systemctl", "restart",
-	// "systemd-networkd"]. Empty: the files are written and nothing is
-	// applied.
+	// files, e.g. ["netplan", "apply"]. Unset: when root is "/", the
+	// backend's own (netplan apply, networkctl reload, systemctl restart
+	// networking / NetworkManager / network); under another root nothing.
+	// An empty list applies nothing.
 	ApplyCommand []string `json:"apply_command"`
 	// SetKernelHostname makes resetnetwork call sethostname(2) as well as
 	// write /etc/hostname. Default: true when root is "/".
