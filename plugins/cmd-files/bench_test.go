@@ -51,7 +51,7 @@ func BenchmarkFileWrite(b *testing.B) {
 			defer f.closeAll()
 			resp := f.p.Run(context.Background(), &pb.RunRequest{Command: "guest-file-open", ArgsJson: fmt.Appendf(nil, `{"path":%q,"mode":"w"}`, path)})
 			h := string(resp.ResultJson)
-			args := fmt.Appendf(nil, `{"handle":%s}`, h)
+			args := fmt.Appendf(nil, `{"handle":%s,"buf-b64":""}`, h)
 			rewind := fmt.Appendf(nil, `{"handle":%s,"offset":0,"whence":0}`, h)
 			data := make([]byte, chunk)
 			b.SetBytes(int64(chunk))

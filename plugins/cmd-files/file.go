@@ -306,13 +306,18 @@ func (f *filesPlugin) write(_ context.Context, call *sdk.Call) (any, error) {
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
+	if a.BufB64 == nil {
+		// The parser leaves an empty buf-b64 in place of the data it moved
+		// to call.Blob, so an absent one was absent in the request.
+		return nil, sdk.Errorf("Parameter 'buf-b64' is missing")
+	}
 	data := call.Blob
-	// The parser moves buf-b64 into call.Blob; a request that did not pass
-	// through it (the gRPC Run path) still carries the text.
-	if a.BufB64 != nil && *a.BufB64 != "" {
+	// A request that did not pass through the parser (the gRPC Run path)
+	// still carries the text.
+	if *a.BufB64 != "" {
 		b, err := base64.StdEncoding.Strict().DecodeString(*a.BufB64)
 		if err != nil {
-			return nil, sdk.Errorf("Invalid base64 data")
+			return nil, sdk.Errorf("Base64 data contains invalid characters")
 		}
 		data = b
 	}

@@ -84,7 +84,7 @@ func TestErrorTexts(t *testing.T) {
 	fails(t, f, "guest-file-write", fmt.Sprintf(`{"handle":%d,"count":6}`, w), []byte("hello"), "value '6' is invalid for argument count")
 	fails(t, f, "guest-file-write", fmt.Sprintf(`{"handle":%d,"count":-1}`, w), []byte("hello"), "value '-1' is invalid for argument count")
 	fails(t, f, "guest-file-write", `{"handle":99,"count":-1}`, []byte("hello"), "handle '99' has not been found")
-	fails(t, f, "guest-file-write", fmt.Sprintf(`{"handle":%d,"buf-b64":"aGV$bG8="}`, w), nil, "Invalid base64 data")
+	fails(t, f, "guest-file-write", fmt.Sprintf(`{"handle":%d,"buf-b64":"aGV$bG8="}`, w), nil, "Base64 data contains invalid characters")
 
 	ok(t, f, "guest-file-close", fmt.Sprintf(`{"handle":%d}`, id), nil)
 	fails(t, f, "guest-file-close", fmt.Sprintf(`{"handle":%d}`, id), nil, fmt.Sprintf("handle '%d' has not been found", id))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -42,9 +43,13 @@ func (r reply) object(t *testing.T) map[string]any {
 }
 
 // run sends one request through CommandPlugin.Run, the data plane's path.
-// blob, when not nil, is what the parser would extract from buf-b64.
+// blob, when not nil, is what the parser would extract from buf-b64, leaving
+// an empty buf-b64 member behind as it does.
 func run(t *testing.T, f *filesPlugin, cmd, args string, blob []byte) reply {
 	t.Helper()
+	if cmd == "guest-file-write" && blob != nil && !strings.Contains(args, `"buf-b64"`) {
+		args = strings.TrimSuffix(strings.TrimSpace(args), "}") + `,"buf-b64":""}`
+	}
 	resp := f.p.Run(context.Background(), &pb.RunRequest{Command: cmd, ArgsJson: []byte(args), Blob: blob})
 	return reply{result: resp.ResultJson, blob: resp.Blob, err: resp.Error}
 }

@@ -64,6 +64,11 @@ func (n *nova) plugin() *sdk.CommandPlugin {
 	} {
 		cmds = append(cmds, group...)
 	}
+	for i := range cmds {
+		// nova-agent's commands answer nova hosts only: a qga host sees
+		// neither "password" nor "version" in guest-info.
+		cmds[i].Dialects = []string{"nova"}
+	}
 	return &sdk.CommandPlugin{
 		Name:      "cmd-nova",
 		Version:   version,

@@ -180,7 +180,7 @@ func (s *system) fsfreezeFreeze(ctx context.Context, call *sdk.Call) (any, error
 	if err := s.runHook(ctx, "freeze"); err != nil {
 		return nil, err
 	}
-	mounts, err := s.mounts()
+	mounts, err := s.mounts(true)
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +246,7 @@ func (s *system) fsfreezeThaw(ctx context.Context, call *sdk.Call) (any, error) 
 // then the frozen flag goes and the hook runs with "thaw". Like qemu-ga it
 // does all this even when nothing was frozen.
 func (s *system) thawLocked(ctx context.Context) (int, error) {
-	mounts, err := s.mounts()
+	mounts, err := s.mounts(true)
 	if err != nil {
 		return 0, err
 	}

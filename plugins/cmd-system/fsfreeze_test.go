@@ -216,7 +216,7 @@ func TestMountinfoParsing(t *testing.T) {
 		"34 26 7:3 / /srv/a\\134b rw - ext4 /dev/loop3 rw",
 	}
 	tp := newTestPlugin(t, map[string]any{"proc_root": fakeProc(t, lines...)})
-	got, err := tp.sys.mounts()
+	got, err := tp.sys.mounts(true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +224,14 @@ func TestMountinfoParsing(t *testing.T) {
 		{"/", "ext4", 254, 0},
 		{"/mnt/with space", "xfs", 254, 16},
 		{`/srv/a\b`, "ext4", 7, 3},
+	}
+	// fsinfo and fstrim see the bind mount too, as qemu-ga lists it.
+	all, err := tp.sys.mounts(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 4 || all[2] != (fsMount{"/bind", "ext4", 254, 0}) {
+		t.Fatalf("every mount point: %+v", all)
 	}
 	if len(got) != len(want) {
 		t.Fatalf("mounts: %+v, want %+v", got, want)

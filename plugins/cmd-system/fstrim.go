@@ -44,7 +44,7 @@ func (s *system) fstrim(_ context.Context, call *sdk.Call) (any, error) {
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
-	mounts, err := s.mounts()
+	mounts, err := s.mounts(false)
 	if err != nil {
 		return nil, err
 	}

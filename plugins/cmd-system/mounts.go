@@ -20,10 +20,11 @@ type fsMount struct {
 
 // mounts lists the local filesystems in mount order: entries of
 // self/mountinfo backed by a block device (major number not 0, except btrfs
-// whose source is a block device), each device once (a bind mount or a second
-// mount of a device is skipped). The same list drives fsfreeze, fstrim and
-// fsinfo, as in qemu-ga.
-func (s *system) mounts() ([]fsMount, error) {
+// whose source is a block device). fsinfo and fstrim list every mount point,
+// bind mounts and second mounts of a device included, as qemu-ga does;
+// fsfreeze asks for each device once (freezing it again would only fail
+// with EBUSY, which qemu-ga skips).
+func (s *system) mounts(oncePerDevice bool) ([]fsMount, error) {
 	data, err := os.ReadFile(s.procPath("self/mountinfo"))
 	if err != nil {
 		return s.mountsFromMtab()
@@ -45,7 +46,7 @@ func (s *system) mounts() ([]fsMount, error) {
 			}
 			m.major, m.minor = maj, min
 		}
-		if devSeen(out, m.major, m.minor) {
+		if oncePerDevice && devSeen(out, m.major, m.minor) {
 			continue
 		}
 		out = append(out, fsMount{dir: m.dir, devtype: m.devtype, major: m.major, minor: m.minor})

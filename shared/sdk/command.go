@@ -35,6 +35,9 @@ type Command struct {
 	BlobResult string
 	// AllowedWhileFrozen lets the command run while filesystems are frozen.
 	AllowedWhileFrozen bool
+	// Dialects limits the command to channels of these dialects ("nova");
+	// empty: every channel.
+	Dialects []string
 	Handler            func(ctx context.Context, call *Call) (any, error)
 }
 
@@ -133,6 +136,7 @@ func (p *CommandPlugin) Info() *pb.InfoResponse {
 			BlobArg:            c.BlobArg,
 			BlobResult:         c.BlobResult,
 			AllowedWhileFrozen: c.AllowedWhileFrozen,
+			Dialects:           c.Dialects,
 		})
 	}
 	return info

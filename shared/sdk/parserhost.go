@@ -415,6 +415,9 @@ func (d *dispatcher) Commands() []CommandInfo {
 		out = append(out, CommandInfo{Name: c, Enabled: d.st.enabled(c), SuccessResponse: true})
 	}
 	for _, r := range d.e.routes {
+		if !servesDialect(r, d.st.cfg.Dialect) {
+			continue
+		}
 		out = append(out, CommandInfo{Name: r.Command, Enabled: r.Enabled && d.st.enabled(r.Command), SuccessResponse: r.GetSpec().GetSuccessResponse()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -433,6 +436,9 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 	d.e.mu.RUnlock()
 
 	core := isCore(command)
+	if route != nil && !servesDialect(route, d.st.cfg.Dialect) {
+		route = nil // another dialect's command: unknown here
+	}
 	if !core && route == nil {
 		return errOutcome(ClassCommandNotFound, "The command %s has not been found", command)
 	}
@@ -483,6 +489,21 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 		}
 	}
 	return o
+}
+
+// servesDialect tells whether a routed command belongs on a channel of the
+// given dialect.
+func servesDialect(r *pb.Route, dialect string) bool {
+	ds := r.GetSpec().GetDialects()
+	if len(ds) == 0 {
+		return true
+	}
+	for _, d := range ds {
+		if d == dialect {
+			return true
+		}
+	}
+	return false
 }
 
 func isCore(command string) bool {
@@ -558,7 +579,7 @@ func extractBlobArg(req *pb.RunRequest, member string) *Outcome {
 	blob := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
 	n, err := base64.StdEncoding.Strict().Decode(blob, text)
 	if err != nil {
-		return errOutcome(ClassGenericError, "Invalid base64 data")
+		return errOutcome(ClassGenericError, "Base64 data contains invalid characters")
 	}
 	// Rebuild the (small) rest of the arguments around an empty string.
 	args := make([]byte, 0, 64)

@@ -147,7 +147,14 @@ func startQemuGA() *agent {
 
 func (a *agent) stop() {
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	_, _ = a.cmd.Process.Wait()
+	done := make(chan struct{})
+	go func() { _, _ = a.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second): // qemu-ga 7.2 can hang on SIGTERM
+		_ = a.cmd.Process.Kill()
+		<-done
+	}
 	os.RemoveAll(a.dir)
 }
 

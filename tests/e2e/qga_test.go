@@ -234,5 +234,5 @@ func TestLargeMessagesBothWays(t *testing.T) {
 	if err := json.Unmarshal(r.Return, &out); err != nil || out.Count != 12<<20 || out.Out != payload {
 		t.Fatalf("large request echo: count=%d err=%v", out.Count, err)
 	}
-	expectError(t, call(t, c, `{"execute":"test-blob","arguments":{"in-b64":"not base64!"}}`), "GenericError", "Invalid base64 data")
+	expectError(t, call(t, c, `{"execute":"test-blob","arguments":{"in-b64":"not base64!"}}`), "GenericError", "Base64 data contains invalid characters")
 }

@@ -305,8 +305,17 @@ func StartQemuGA(t testing.TB, extra ...string) string {
 		t.Fatalf("start qemu-ga: %v", err)
 	}
 	t.Cleanup(func() {
+		// qemu-ga 7.2 can hang in its SIGTERM handler (it quits its main
+		// loop from inside the handler): bound the wait.
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
 	})
 	WaitForPing(t, sock, 10*time.Second)
 	return sock

@@ -267,8 +267,11 @@ type CommandSpec struct {
 	BlobResult string `protobuf:"bytes,6,opt,name=blob_result,json=blobResult,proto3" json:"blob_result,omitempty"`
 	// Allowed while the guest filesystems are frozen (qemu-ga's fsfreeze list).
 	AllowedWhileFrozen bool `protobuf:"varint,7,opt,name=allowed_while_frozen,json=allowedWhileFrozen,proto3" json:"allowed_while_frozen,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The dialects whose channels serve the command; empty: every dialect.
+	// nova-agent's "password" has no business on a qga channel.
+	Dialects      []string `protobuf:"bytes,8,rep,name=dialects,proto3" json:"dialects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandSpec) Reset() {
@@ -348,6 +351,13 @@ func (x *CommandSpec) GetAllowedWhileFrozen() bool {
 		return x.AllowedWhileFrozen
 	}
 	return false
+}
+
+func (x *CommandSpec) GetDialects() []string {
+	if x != nil {
+		return x.Dialects
+	}
+	return nil
 }
 
 type HealthRequest struct {
@@ -1664,7 +1674,7 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\x0e2\x13.guestagent.v1.KindR\x04kind\x126\n" +
 	"\bcommands\x18\x04 \x03(\v2\x1a.guestagent.v1.CommandSpecR\bcommands\x12\x1a\n" +
 	"\bdialects\x18\x05 \x03(\tR\bdialects\x12\x18\n" +
-	"\amethods\x18\x06 \x03(\tR\amethods\"\xfd\x01\n" +
+	"\amethods\x18\x06 \x03(\tR\amethods\"\x99\x02\n" +
 	"\vCommandSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
@@ -1674,7 +1684,8 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\bblob_arg\x18\x05 \x01(\tR\ablobArg\x12\x1f\n" +
 	"\vblob_result\x18\x06 \x01(\tR\n" +
 	"blobResult\x120\n" +
-	"\x14allowed_while_frozen\x18\a \x01(\bR\x12allowedWhileFrozen\"\x0f\n" +
+	"\x14allowed_while_frozen\x18\a \x01(\bR\x12allowedWhileFrozen\x12\x1a\n" +
+	"\bdialects\x18\b \x03(\tR\bdialects\"\x0f\n" +
 	"\rHealthRequest\"D\n" +
 	"\x0eHealthResponse\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12\x18\n" +
