@@ -38,7 +38,7 @@ type Command struct {
 	// Dialects limits the command to channels of these dialects ("nova");
 	// empty: every channel.
 	Dialects []string
-	Handler            func(ctx context.Context, call *Call) (any, error)
+	Handler  func(ctx context.Context, call *Call) (any, error)
 }
 
 // Call is one invocation of a command.
