@@ -225,6 +225,11 @@ func runAgent(cmd *cobra.Command, f *flags) error {
 		return nil
 	}
 	err = sup.Run(ctx)
+	if err != nil && ctx.Err() != nil {
+		// SIGTERM during start-up: what failed was cut short on purpose.
+		logger.Info("stopped during start-up", "interrupted", err)
+		err = nil
+	}
 	logger.Info("agent stopped")
 	return err
 }
