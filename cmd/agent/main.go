@@ -216,7 +216,7 @@ func runAgent(cmd *cobra.Command, f *flags) error {
 		}
 		defer release()
 	}
-	if err := sup.Load(ctx); err != nil {
+	if err := sup.Load(ctx, isHelp(f.blockRPCs) || isHelp(f.allowRPCs)); err != nil {
 		return err
 	}
 	defer sup.Shutdown()
@@ -270,7 +270,7 @@ func listPlugins(ctx context.Context, w io.Writer, f *flags) error {
 	if err := sup.Prepare(); err != nil {
 		return err
 	}
-	if err := sup.Load(ctx); err != nil {
+	if err := sup.Load(ctx, true); err != nil {
 		return err
 	}
 	defer sup.Shutdown()

@@ -76,6 +76,28 @@ type ParserEngine struct {
 	host      pb.HostClient
 	inboxes   []*session.Inbox
 	listeners []*net.UnixListener
+	// routesReady is closed once the routes are complete (see
+	// ConfigureParserRequest.routes_pending).
+	routesReady chan struct{}
+}
+
+// routesPendingWait bounds how long a request waits for the routes of a
+// first start.
+const routesPendingWait = 30 * time.Second
+
+// awaitRoutes waits until the routes are complete, if they are not yet.
+func (e *ParserEngine) awaitRoutes(ctx context.Context) {
+	e.mu.RLock()
+	ready := e.routesReady
+	e.mu.RUnlock()
+	if ready == nil {
+		return
+	}
+	select {
+	case <-ready:
+	case <-ctx.Done():
+	case <-time.After(routesPendingWait):
+	}
 }
 
 // Close stops the listeners handed over by exchanges and removes their
@@ -152,6 +174,13 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		e.host = pb.NewHostClient(conn)
 	}
 	e.cfg, e.routes, e.limits = req, routes, lim
+	switch {
+	case req.RoutesPending && e.routesReady == nil:
+		e.routesReady = make(chan struct{})
+	case !req.RoutesPending && e.routesReady != nil:
+		close(e.routesReady)
+		e.routesReady = nil
+	}
 	for _, r := range req.Routes {
 		if pc, ok := e.plugins[r.Plugin]; ok {
 			pc.setSocket(r.DataplaneSocket)
@@ -408,6 +437,7 @@ func (d *dispatcher) AgentVersion() string {
 }
 
 func (d *dispatcher) Commands() []CommandInfo {
+	d.e.awaitRoutes(context.Background())
 	d.e.mu.RLock()
 	defer d.e.mu.RUnlock()
 	out := make([]CommandInfo, 0, len(d.e.routes)+len(coreCommands))
@@ -433,7 +463,14 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 	d.e.mu.RLock()
 	route := d.e.routes[command]
 	timeout := d.e.limits.commandTimeout
+	pending := d.e.routesReady != nil
 	d.e.mu.RUnlock()
+	if route == nil && pending && !isCore(command) {
+		d.e.awaitRoutes(ctx)
+		d.e.mu.RLock()
+		route = d.e.routes[command]
+		d.e.mu.RUnlock()
+	}
 
 	core := isCore(command)
 	if route != nil && !servesDialect(route, d.st.cfg.Dialect) {

@@ -1279,7 +1279,11 @@ type ConfigureParserRequest struct {
 	StateDir     string                 `protobuf:"bytes,5,opt,name=state_dir,json=stateDir,proto3" json:"state_dir,omitempty"`
 	InboxDir     string                 `protobuf:"bytes,6,opt,name=inbox_dir,json=inboxDir,proto3" json:"inbox_dir,omitempty"` // where to create the inbox sockets
 	// go-plugin broker id of the supervisor's Host service (lazy plugin start).
-	HostBrokerId  uint32 `protobuf:"varint,7,opt,name=host_broker_id,json=hostBrokerId,proto3" json:"host_broker_id,omitempty"`
+	HostBrokerId uint32 `protobuf:"varint,7,opt,name=host_broker_id,json=hostBrokerId,proto3" json:"host_broker_id,omitempty"`
+	// The supervisor is still learning what some command plugins serve (first
+	// start, nothing cached): a request for an unknown command, and guest-info,
+	// wait for the complete routes instead of being answered too early.
+	RoutesPending bool `protobuf:"varint,8,opt,name=routes_pending,json=routesPending,proto3" json:"routes_pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1361,6 +1365,13 @@ func (x *ConfigureParserRequest) GetHostBrokerId() uint32 {
 		return x.HostBrokerId
 	}
 	return 0
+}
+
+func (x *ConfigureParserRequest) GetRoutesPending() bool {
+	if x != nil {
+		return x.RoutesPending
+	}
+	return false
 }
 
 type Inbox struct {
@@ -1749,7 +1760,7 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x11max_request_bytes\x18\x01 \x01(\x03R\x0fmaxRequestBytes\x12,\n" +
 	"\x12command_timeout_ms\x18\x02 \x01(\x03R\x10commandTimeoutMs\x12!\n" +
 	"\fmax_sessions\x18\x03 \x01(\x03R\vmaxSessions\x12\"\n" +
-	"\rmax_in_flight\x18\x04 \x01(\x03R\vmaxInFlight\"\xb4\x02\n" +
+	"\rmax_in_flight\x18\x04 \x01(\x03R\vmaxInFlight\"\xdb\x02\n" +
 	"\x16ConfigureParserRequest\x128\n" +
 	"\bchannels\x18\x01 \x03(\v2\x1c.guestagent.v1.ChannelConfigR\bchannels\x12,\n" +
 	"\x06routes\x18\x02 \x03(\v2\x14.guestagent.v1.RouteR\x06routes\x12-\n" +
@@ -1757,7 +1768,8 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\x12\x1b\n" +
 	"\tstate_dir\x18\x05 \x01(\tR\bstateDir\x12\x1b\n" +
 	"\tinbox_dir\x18\x06 \x01(\tR\binboxDir\x12$\n" +
-	"\x0ehost_broker_id\x18\a \x01(\rR\fhostBrokerId\"9\n" +
+	"\x0ehost_broker_id\x18\a \x01(\rR\fhostBrokerId\x12%\n" +
+	"\x0eroutes_pending\x18\b \x01(\bR\rroutesPending\"9\n" +
 	"\x05Inbox\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x16\n" +
 	"\x06socket\x18\x02 \x01(\tR\x06socket\"I\n" +

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +52,10 @@ type Supervisor struct {
 	ctx       context.Context
 	reopening sync.Mutex
 	inboxes   map[string]string // channel → parser inbox socket
+	// cache remembers plugin Info by binary; deferred are the command
+	// plugins to learn in the background (first boot).
+	cache    *infoCache
+	deferred []*managed
 	// handedOver marks channels whose exchange gave its transport to the
 	// parser (a listening socket): such an exchange is stopped while idle.
 	handedOver map[string]bool
@@ -113,12 +118,17 @@ func (s *Supervisor) Prepare() error {
 
 // Load discovers plugins and learns what each serves, launching those not in
 // the info cache. It keeps running the ones it launched only if keep says so.
-func (s *Supervisor) Load(ctx context.Context) error {
+//
+// Unless waitAll is set, command plugins missing from the cache are learnt
+// in the background once the channels serve (see learnDeferred): a first
+// boot answers its first ping as soon as a warm one does.
+func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 	found, err := Discover(s.opts.PluginDirs)
 	if err != nil {
 		return err
 	}
 	cache := loadInfoCache(filepath.Join(s.stateDir, "plugin-info.json"))
+	s.cache = cache
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -138,6 +148,13 @@ func (s *Supervisor) Load(ctx context.Context) error {
 				m.info = info
 				continue
 			}
+		}
+		if !waitAll && s.lazy && strings.HasPrefix(f.Name, "cmd-") {
+			// By the naming convention a command plugin: not needed to
+			// serve a ping.
+			delete(s.plugins, f.Name)
+			s.deferred = append(s.deferred, m)
+			continue
 		}
 		wg.Add(1)
 		go func() {
@@ -178,8 +195,56 @@ func (s *Supervisor) Load(ctx context.Context) error {
 	if err := cache.save(); err != nil {
 		s.logger.Warn("plugin info cache not saved", "error", err)
 	}
+	s.mu.Lock()
 	s.buildRegistry()
+	s.mu.Unlock()
 	return nil
+}
+
+// learnDeferred launches the command plugins Load left for later, learns
+// what they serve, stops them, and gives the parsers the new routes.
+func (s *Supervisor) learnDeferred(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, m := range s.deferred {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := s.launch(m)
+			if err == nil {
+				m.info, err = r.info(ctx)
+				r.stop()
+			}
+			if err != nil {
+				s.logger.Error("plugin not loaded", "plugin", m.found.Name, "error", err)
+				return
+			}
+			s.mu.Lock()
+			s.cache.put(m.found, m.info)
+			s.plugins[m.found.Name] = m
+			s.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	s.deferred = nil
+	s.buildRegistry()
+	err := s.cache.save()
+	s.mu.Unlock()
+	if err != nil {
+		s.logger.Warn("plugin info cache not saved", "error", err)
+	}
+	for _, p := range s.uniq(s.parserOf) {
+		p.mu.Lock()
+		r := p.run
+		p.mu.Unlock()
+		if r == nil {
+			continue // a restarting parser gets the routes when configured
+		}
+		if _, err := r.clients.Parser.Configure(ctx, s.parserRequest(p, 0)); err != nil {
+			s.logger.Error("new routes not given to the parser", "plugin", p.found.Name, "error", err)
+		}
+	}
+	s.logger.Info("command plugins learnt", "commands", len(s.routes)+len(coreCommands))
 }
 
 func levelName(l hclog.Logger) string {
@@ -343,6 +408,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 	}
 	s.stopIdleExchanges()
+	if len(s.deferred) > 0 {
+		go s.learnDeferred(ctx)
+	}
 	if !s.lazy {
 		for _, m := range s.plugins {
 			if m.info.Kind == pb.Kind_KIND_COMMAND {
@@ -549,20 +617,7 @@ func (s *Supervisor) startParser(ctx context.Context, m *managed) error {
 		pb.RegisterHostServer(srv, &hostServer{s: s})
 		return srv
 	})
-	req := &pb.ConfigureParserRequest{
-		Routes:       s.routes,
-		AgentVersion: s.opts.Version,
-		StateDir:     filepath.Join(s.stateDir, "plugins", m.found.Name),
-		InboxDir:     s.sockDir,
-		HostBrokerId: hostID,
-		Limits:       s.limits(),
-	}
-	for _, ch := range s.channels {
-		if s.parserOf[ch.Name] == m {
-			req.Channels = append(req.Channels, &pb.ChannelConfig{Name: ch.Name, Dialect: ch.Dialect, Allow: ch.AllowRPCs, Block: ch.BlockRPCs})
-		}
-	}
-	resp, err := r.clients.Parser.Configure(ctx, req)
+	resp, err := r.clients.Parser.Configure(ctx, s.parserRequest(m, hostID))
 	if err != nil {
 		return fmt.Errorf("configure parser %s: %w", m.found.Name, err)
 	}
@@ -572,6 +627,30 @@ func (s *Supervisor) startParser(ctx context.Context, m *managed) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// parserRequest is the configuration of parser m: its channels, the routes
+// and the limits. hostID 0 keeps the host service it has.
+func (s *Supervisor) parserRequest(m *managed, hostID uint32) *pb.ConfigureParserRequest {
+	s.mu.Lock()
+	routes := s.routes
+	pending := len(s.deferred) > 0
+	s.mu.Unlock()
+	req := &pb.ConfigureParserRequest{
+		Routes:        routes,
+		AgentVersion:  s.opts.Version,
+		StateDir:      filepath.Join(s.stateDir, "plugins", m.found.Name),
+		InboxDir:      s.sockDir,
+		HostBrokerId:  hostID,
+		Limits:        s.limits(),
+		RoutesPending: pending,
+	}
+	for _, ch := range s.channels {
+		if s.parserOf[ch.Name] == m {
+			req.Channels = append(req.Channels, &pb.ChannelConfig{Name: ch.Name, Dialect: ch.Dialect, Allow: ch.AllowRPCs, Block: ch.BlockRPCs})
+		}
+	}
+	return req
 }
 
 func (s *Supervisor) limits() *pb.Limits {
@@ -641,8 +720,14 @@ func (s *Supervisor) stopAll() {
 	s.mu.Lock()
 	s.stopping = true
 	s.mu.Unlock()
-	var wg sync.WaitGroup
+	s.mu.Lock()
+	plugins := make([]*managed, 0, len(s.plugins))
 	for _, m := range s.plugins {
+		plugins = append(plugins, m)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, m := range plugins {
 		m.mu.Lock()
 		r := m.run
 		m.run = nil
@@ -681,7 +766,9 @@ type hostServer struct {
 }
 
 func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedRequest) (*pb.EnsureStartedResponse, error) {
+	h.s.mu.Lock()
 	m := h.s.plugins[req.Plugin]
+	h.s.mu.Unlock()
 	if m == nil || m.info.Kind != pb.Kind_KIND_COMMAND {
 		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
 	}
