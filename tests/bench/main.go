@@ -146,16 +146,22 @@ func startQemuGA() *agent {
 }
 
 func (a *agent) stop() {
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	stopProcess(a.cmd)
+	os.RemoveAll(a.dir)
+}
+
+// stopProcess sends SIGTERM and waits, with a bound: qemu-ga 7.2 can hang
+// in its SIGTERM handler.
+func stopProcess(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
-	go func() { _, _ = a.cmd.Process.Wait(); close(done) }()
+	go func() { _, _ = cmd.Process.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second): // qemu-ga 7.2 can hang on SIGTERM
-		_ = a.cmd.Process.Kill()
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
 		<-done
 	}
-	os.RemoveAll(a.dir)
 }
 
 type client struct {
@@ -227,8 +233,7 @@ func benchStart(bin string) {
 			if best == 0 || d < best {
 				best = d
 			}
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			_, _ = cmd.Process.Wait()
+			stopProcess(cmd)
 		}
 		return best
 	}
@@ -248,8 +253,7 @@ func benchStart(bin string) {
 			if best == 0 || d < best {
 				best = d
 			}
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			_, _ = cmd.Process.Wait()
+			stopProcess(cmd)
 			os.RemoveAll(dir)
 		}
 		return best
