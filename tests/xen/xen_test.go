@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,7 +59,16 @@ func newHost(t *testing.T, d *oxenstored.Daemon) *host {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	c, err := xenstore.Dial(ctx, d.Path())
+	// Right after a restart oxenstored may still refuse with EAGAIN (its
+	// listen backlog is full while the agent reconnects): retry briefly.
+	var c *xenstore.Client
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if c, err = xenstore.Dial(ctx, d.Path()); err == nil || !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
