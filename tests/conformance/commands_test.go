@@ -345,7 +345,7 @@ var executeName = regexp.MustCompile(`"execute":"([^"]+)"`)
 
 func startBoth(t *testing.T) (ours, ref *side) {
 	t.Helper()
-	ref = &side{name: "qemu-ga", c: harness.MustDial(t, startQemuGA(t)), vars: map[string]string{}}
+	ref = &side{name: "qemu-ga", c: harness.MustDial(t, harness.StartQemuGA(t)), vars: map[string]string{}}
 	ours = &side{name: "guest-agent", c: harness.MustDial(t, harness.StartAgent(t, harness.Options{}).Socket), vars: map[string]string{}}
 	for _, s := range []*side{ours, ref} {
 		dir := filepath.Join(t.TempDir(), strings.ReplaceAll(s.name, "-", ""))

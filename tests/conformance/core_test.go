@@ -47,7 +47,7 @@ func roundTrip(t *testing.T, c *harness.Conn, req string) []byte {
 }
 
 func TestCoreConformance(t *testing.T) {
-	ref := harness.MustDial(t, startQemuGA(t))
+	ref := harness.MustDial(t, harness.StartQemuGA(t))
 	ours := harness.MustDial(t, harness.StartAgent(t, harness.Options{}).Socket)
 	for _, x := range coreRequests {
 		t.Run(x.name, func(t *testing.T) {
@@ -88,7 +88,7 @@ func TestCoreConformance(t *testing.T) {
 		}
 	})
 	t.Run("blocked command", func(t *testing.T) {
-		refB := harness.MustDial(t, startQemuGA(t, "-b", "guest-ping"))
+		refB := harness.MustDial(t, harness.StartQemuGA(t, "-b", "guest-ping"))
 		oursB := harness.MustDial(t, harness.StartAgent(t, harness.Options{Args: []string{"-b", "guest-ping"}}).Socket)
 		a, b := roundTrip(t, oursB, `{"execute":"guest-ping"}`), roundTrip(t, refB, `{"execute":"guest-ping"}`)
 		var ea, eb struct {

@@ -5,7 +5,6 @@ package harness
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -279,42 +278,50 @@ func Cmdline(pid int) string {
 	return arg0
 }
 
-// StartQemuGA starts Debian's qemu-ga on a unix socket.
+// StartQemuGA starts Debian's qemu-ga on a unix socket and bounds its stop: qemu-ga 7.2's SIGTERM
+// handler calls g_main_loop_quit, which is not async-signal-safe, and a
+// signal that lands while the main loop holds its context lock leaves the
+// process blocked on that lock for good (seen here: a test binary waited
+// out its 10-minute timeout). A SIGTERM not obeyed within 3 s is followed
+// by SIGKILL. The log goes to a file, so waiting never depends on pipes
+// that exec'd children inherited.
 func StartQemuGA(t testing.TB, extra ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("qemu-ga")
 	if err != nil {
-		for _, p := range []string{"/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"} {
-			if _, e := os.Stat(p); e == nil {
-				bin, err = p, nil
-			}
-		}
-	}
-	if err != nil {
-		t.Fatalf("qemu-ga not installed (Debian package qemu-guest-agent): %v", err)
+		bin = "/usr/sbin/qemu-ga"
 	}
 	dir := shortTempDir(t)
 	sock := filepath.Join(dir, "ref.sock")
 	state := filepath.Join(dir, "state")
-	_ = os.MkdirAll(state, 0o700)
-	args := append([]string{"-m", "unix-listen", "-p", sock, "-t", state}, extra...)
-	cmd := exec.CommandContext(context.Background(), bin, args...)
-	log := &SyncBuffer{}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "qemu-ga.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd := exec.Command(bin, append([]string{"-m", "unix-listen", "-p", sock, "-t", state}, extra...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start qemu-ga: %v", err)
+		t.Fatalf("start qemu-ga (Debian package qemu-guest-agent): %v", err)
 	}
 	t.Cleanup(func() {
-		// qemu-ga 7.2 can hang in its SIGTERM handler (it quits its main
-		// loop from inside the handler): bound the wait.
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(3 * time.Second):
+			t.Logf("qemu-ga ignored SIGTERM for 3 s: SIGKILL")
 			_ = cmd.Process.Kill()
 			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("qemu-ga log:\n%s", b)
 		}
 	})
 	WaitForPing(t, sock, 10*time.Second)

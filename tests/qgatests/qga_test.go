@@ -45,7 +45,7 @@ var (
 		return harness.StartAgent(t, harness.Options{Args: extra}).Socket
 	}}
 	ref = starter{"qemu-ga", func(t *testing.T, extra ...string) string {
-		return startQemuGA(t, extra...)
+		return harness.StartQemuGA(t, extra...)
 	}}
 )
 
