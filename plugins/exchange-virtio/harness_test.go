@@ -148,13 +148,15 @@ func (w *testWriter) Write(b []byte) (int, error) {
 
 func channel(t *testing.T, method, path string, opts map[string]any) sdk.Channel {
 	t.Helper()
-	if method == methodUnix {
-		// These tests exercise the accept loop; the hand-over has its own.
+	// These tests exercise the accept loop and the host watch kept here;
+	// the hand-overs have their own tests.
+	keep := map[string]string{methodUnix: "hand_over_listener", methodVirtio: "hand_over_port"}
+	if opt, ok := keep[method]; ok {
 		if opts == nil {
 			opts = map[string]any{}
 		}
-		if _, set := opts["hand_over_listener"]; !set {
-			opts["hand_over_listener"] = false
+		if _, set := opts[opt]; !set {
+			opts[opt] = false
 		}
 	}
 	var raw json.RawMessage

@@ -32,6 +32,12 @@ type deviceOptions struct {
 	// open, the channel opens anyway and waits for it (inotify).
 	RetryPath bool `json:"retry_path"`
 	Baud      int  `json:"baud"` // isa-serial only; qemu-ga uses 38400
+	// HandOverPort (virtio-serial, default true): hand the port to the
+	// parser entirely, its SIGIO included; the parser then follows host
+	// connects itself and this exchange, with nothing left to do, is
+	// stopped. An unplugged port is then not reopened until the agent
+	// restarts. false keeps the watch (and unplug handling) here.
+	HandOverPort *bool `json:"hand_over_port"`
 }
 
 // virtioTarget is what a virtio-serial channel asks for: a device path, a
@@ -133,6 +139,8 @@ type virtioPort struct {
 	id     string
 	watch  *dirWatch // nil without inotify
 	sig    chan os.Signal
+	// handOver: the port and its SIGIO go to the parser (HandOverPort).
+	handOver bool
 
 	path      string
 	f         *os.File // nil while waiting for the device
@@ -142,14 +150,15 @@ type virtioPort struct {
 
 func (e *Exchange) openVirtio(ctx context.Context, ch sdk.Channel, out *session.Outbox, release func()) (string, error) {
 	var opts deviceOptions
-	if err := decodeOptions(ch, &opts, "retry_path"); err != nil {
+	if err := decodeOptions(ch, &opts, "retry_path", "hand_over_port"); err != nil {
 		return "", err
 	}
 	p := &virtioPort{
 		e: e, ch: ch, log: ch.Logger, out: out,
-		target: e.virtioTarget(ch.Path),
-		id:     ch.Name + "/port",
-		sig:    make(chan os.Signal, 1),
+		target:   e.virtioTarget(ch.Path),
+		id:       ch.Name + "/port",
+		sig:      make(chan os.Signal, 1),
+		handOver: opts.HandOverPort == nil || *opts.HandOverPort,
 	}
 	w, err := newDirWatch()
 	if err != nil {
@@ -171,9 +180,29 @@ func (e *Exchange) openVirtio(ctx context.Context, ch sdk.Channel, out *session.
 		p.log.Info("waiting for the virtio-serial port (retry_path)", "target", p.target.String(), "reason", err)
 	} else {
 		resolved = p.path
+		if p.handOver {
+			p.finishHandOver()
+			release()
+			return resolved, nil
+		}
 	}
 	go p.run(ctx, release)
 	return resolved, nil
+}
+
+// finishHandOver lets go of a port handed to the parser with its SIGIO:
+// O_ASYNC stays set on the description the parser shares.
+func (p *virtioPort) finishHandOver() {
+	if p.f != nil {
+		p.f.Close()
+		p.f = nil
+	}
+	signal.Stop(p.sig)
+	if p.watch != nil {
+		p.watch.close()
+		p.watch = nil
+	}
+	p.log.Info("virtio-serial port handed to the parser with its host watch", "path", p.path)
 }
 
 // dirs are the directories whose changes may make the target appear or go.
@@ -280,6 +309,7 @@ func (p *virtioPort) acquire(ctx context.Context) error {
 	ev := session.Event{
 		Type: session.EventHandoff, Channel: p.ch.Name, Session: p.id,
 		Kind: session.KindStream, Persistent: true, Origin: "virtio-serial:" + path,
+		WatchHost: p.handOver,
 	}
 	if err := p.out.Send(ev, f); err != nil {
 		p.closeDevice()

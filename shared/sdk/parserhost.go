@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
@@ -22,6 +23,7 @@ import (
 	"github.com/guest-agent/guest-agent/shared/session"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
@@ -306,6 +308,12 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 				continue
 			}
 			s := e.newStreamSession(st, f, caller, ev)
+			if ev.WatchHost {
+				// Not tied to this feed: the exchange is done with it.
+				go e.watchHost(st, f, s)
+				go e.serveStream(context.Background(), st, s)
+				continue
+			}
 			if ev.Persistent {
 				if old := persistent[ev.Session]; old != nil {
 					old.cancel()
@@ -317,6 +325,70 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 			if s := persistent[ev.Session]; s != nil {
 				s.hostEvent(ev.Type == session.EventHostConnected)
 			}
+		}
+	}
+}
+
+// watchHost follows the host side of a handed-over virtio-serial port:
+// virtio_console sends SIGIO to the descriptor's owner on every host connect
+// and disconnect, and a zero-timeout poll tells the state (POLLHUP: no
+// host). A waiting session learns of each change without polling.
+func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, unix.SIGIO) // before F_SETOWN: no change is missed
+	defer signal.Stop(sig)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		e.logger.Error("virtio-serial port: no descriptor", "channel", st.cfg.Name, "error", err)
+		return
+	}
+	poll := func() (up, data bool, err error) {
+		cerr := rc.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err = unix.Poll(fds, 0); err == nil {
+				up = fds[0].Revents&unix.POLLHUP == 0
+				data = fds[0].Revents&unix.POLLIN != 0
+			}
+		})
+		if cerr != nil {
+			err = cerr
+		}
+		return
+	}
+	if cerr := rc.Control(func(fd uintptr) {
+		_, err = unix.FcntlInt(fd, unix.F_SETOWN, os.Getpid())
+	}); cerr != nil || err != nil {
+		e.logger.Error("virtio-serial port: cannot take its SIGIO", "channel", st.cfg.Name, "error", errors.Join(cerr, err))
+		return
+	}
+	up, _, err := poll()
+	if err != nil {
+		e.logger.Error("virtio-serial port: poll", "channel", st.cfg.Name, "error", err)
+		return
+	}
+	if !up {
+		s.hostEvent(false)
+	}
+	e.logger.Info("following the host of a handed-over virtio-serial port", "channel", st.cfg.Name, "host_connected", up)
+	for {
+		select {
+		case <-sig:
+		case <-s.done:
+			return
+		}
+		now, data, err := poll()
+		if err != nil {
+			return // the session is over
+		}
+		switch {
+		case now != up:
+			up = now
+			e.logger.Info("virtio-serial host state changed", "channel", st.cfg.Name, "host_connected", up)
+			s.hostEvent(up)
+		case up && data:
+			// A disconnect and reconnect merged into one look while the
+			// session waits after an EOF: wake it, it costs one read.
+			s.hostEvent(true)
 		}
 	}
 }
@@ -379,6 +451,7 @@ func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *Str
 		<-ctx.Done()
 		s.conn.Close() // unblocks the dialect's read
 	}()
+	defer close(s.done)
 	e.logger.Debug("session started", "channel", st.cfg.Name, "origin", s.origin)
 	if err := st.dialect.ServeStream(ctx, s); err != nil && ctx.Err() == nil {
 		e.logger.Debug("session ended", "channel", st.cfg.Name, "origin", s.origin, "error", err)
@@ -769,6 +842,7 @@ type StreamSession struct {
 	hostCh    chan struct{} // closed and replaced on every host event
 	lastGen   uint64
 	inflight  chan struct{}
+	done      chan struct{} // closed when the session ends
 	wg        sync.WaitGroup
 	queuesMu  sync.Mutex
 	queues    map[string]chan func()
@@ -787,6 +861,7 @@ func (e *ParserEngine) newStreamSession(st *channelState, conn io.ReadWriteClose
 		hostUp:     true,
 		hostCh:     make(chan struct{}),
 		inflight:   make(chan struct{}, lim.maxInFlight),
+		done:       make(chan struct{}),
 		queues:     map[string]chan func(){},
 		maxReqLen:  lim.maxRequest,
 		cancel:     func() {},

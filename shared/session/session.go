@@ -69,6 +69,10 @@ type Event struct {
 	// and the socket's path, removed by the parser when it stops serving it.
 	MaxConnections int    `json:"max_connections,omitempty"`
 	ListenerPath   string `json:"listener_path,omitempty"`
+	// WatchHost hands a persistent session over entirely: the parser takes
+	// the descriptor's SIGIO (F_SETOWN) and follows host connects itself,
+	// so the exchange has nothing left to do (virtio-serial).
+	WatchHost bool `json:"watch_host,omitempty"`
 }
 
 const maxEventLen = 16 << 10
@@ -127,7 +131,7 @@ func (o *Outbox) Send(ev Event, f *os.File) error {
 	if _, _, err := o.conn.WriteMsgUnix(b, oob, nil); err != nil {
 		return fmt.Errorf("session: send %s event: %w", ev.Type, err)
 	}
-	if ev.Kind == KindListener {
+	if ev.Kind == KindListener || ev.WatchHost {
 		o.handedOver = true
 	}
 	return nil
