@@ -345,7 +345,13 @@ func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession)
 	poll := func() (up, data bool, err error) {
 		cerr := rc.Control(func(fd uintptr) {
 			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if _, err = unix.Poll(fds, 0); err == nil {
+			for {
+				// Signals (SIGIO itself, the runtime's SIGURG) interrupt.
+				if _, err = unix.Poll(fds, 0); err != unix.EINTR {
+					break
+				}
+			}
+			if err == nil {
 				up = fds[0].Revents&unix.POLLHUP == 0
 				data = fds[0].Revents&unix.POLLIN != 0
 			}
@@ -378,7 +384,12 @@ func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession)
 		}
 		now, data, err := poll()
 		if err != nil {
-			return // the session is over
+			select {
+			case <-s.done: // the session is over
+			default:
+				e.logger.Error("virtio-serial port: lost the host watch", "channel", st.cfg.Name, "error", err)
+			}
+			return
 		}
 		switch {
 		case now != up:
