@@ -23,6 +23,20 @@ func groupMembers(pgrp int) []procStat {
 	return processes(func(s procStat) bool { return s.pgrp == pgrp && s.state != 'Z' })
 }
 
+// waitGroupGone fails unless the process group of pid is gone: the signal
+// reaches the whole group at once, but a grandchild reparented to init may
+// still be finishing its exit for a moment under load.
+func waitGroupGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for len(groupMembers(pid)) != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := groupMembers(pid); len(m) != 0 {
+		t.Fatalf("group members left after shutdown: %v", m)
+	}
+}
+
 func TestShutdownKillOnExit(t *testing.T) {
 	a := newTestAgent(t, `{"kill_on_exit":true}`)
 	// A grandchild in the same group holds the output pipe: the whole
@@ -34,9 +48,7 @@ func TestShutdownKillOnExit(t *testing.T) {
 	if d := time.Since(start); d > killGrace {
 		t.Fatalf("shutdown took %s: SIGTERM should have been enough", d)
 	}
-	if m := groupMembers(int(pid)); len(m) != 0 {
-		t.Fatalf("group members left after shutdown: %v", m)
-	}
+	waitGroupGone(t, int(pid))
 	st := a.mustCall("guest-exec-status", fmt.Sprintf(`{"pid":%d}`, pid))
 	if st["exited"] != true || st["signal"] != float64(syscall.SIGTERM) {
 		t.Fatalf("status after shutdown: %v", st)
@@ -54,15 +66,7 @@ func TestShutdownKillOnExitEscalates(t *testing.T) {
 	pid := a.exec(`{"path":"/bin/sh","arg":["-c","trap '' TERM; echo ready; sleep 30"],"capture-output":true}`)
 	waitFor(t, "the trap", 5*time.Second, func() bool { return len(groupMembers(int(pid))) >= 2 })
 	a.ex.shutdown()
-	// SIGKILL is sent to the whole group; a grandchild may still be
-	// finishing its exit for a moment under load.
-	deadline := time.Now().Add(2 * time.Second)
-	for len(groupMembers(int(pid))) != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if m := groupMembers(int(pid)); len(m) != 0 {
-		t.Fatalf("group members left after shutdown: %v", m)
-	}
+	waitGroupGone(t, int(pid))
 	if st := a.mustCall("guest-exec-status", fmt.Sprintf(`{"pid":%d}`, pid)); st["signal"] != float64(syscall.SIGKILL) {
 		t.Fatalf("status: %v", st)
 	}
