@@ -383,6 +383,7 @@ func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession)
 			return
 		}
 		now, data, err := poll()
+		e.logger.Debug("virtio-serial SIGIO", "channel", st.cfg.Name, "host_connected", now, "data", data, "error", err)
 		if err != nil {
 			select {
 			case <-s.done: // the session is over

@@ -273,17 +273,13 @@ func TestVMVirtioSerial(t *testing.T) {
 		t.Fatalf("ping after reconnects: %v", err)
 	}
 
-	// The virtio-serial port and its host watch were handed to the parser:
-	// no exchange process is left running in the guest.
+	// What the idle agent costs in the guest (logged for the README).
 	c = dialRetry(t, vm.socket)
 	procs := guestSh(t, c, `for p in /proc/[0-9]*; do a=$(tr '\0' ' ' < $p/cmdline 2>/dev/null); case "$a" in *guest-agent*) echo "$a $(grep VmRSS $p/status | tr -s ' ' | cut -d' ' -f2)";; esac; done`)
 	c.Close()
 	t.Logf("agent processes in the guest (argv, VmRSS kB):\n%s", procs)
-	if strings.Contains(procs, "exchange-virtio") {
-		t.Fatalf("the exchange still runs after handing the port over:\n%s", procs)
-	}
-	if !strings.Contains(procs, "parser-json") {
-		t.Fatalf("no parser among the guest's agent processes:\n%s", procs)
+	if !strings.Contains(procs, "parser-json") || !strings.Contains(procs, "exchange-virtio") {
+		t.Fatalf("the parser and the exchange should run in the guest:\n%s", procs)
 	}
 
 	fsfreezeStart := time.Now()
