@@ -32,6 +32,13 @@ import (
 // boundary (the ping latency bar depends on it).
 var coreCommands = []string{"guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"}
 
+// CoreCommands lists the commands the parser answers itself; the supervisor
+// refuses them from command plugins and lists them in guest-info.
+func CoreCommands() []string { return append([]string(nil), coreCommands...) }
+
+// IsCoreCommand tells whether name is a core command.
+func IsCoreCommand(name string) bool { return isCore(name) }
+
 // Default limits, used when the supervisor sends zero.
 const (
 	DefaultMaxRequestBytes  = 64 << 20 // qemu-ga's limit for one request

@@ -19,6 +19,7 @@ import (
 
 	"github.com/guest-agent/guest-agent/cmd/agent/internal/config"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 )
@@ -244,7 +245,7 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 			s.logger.Error("new routes not given to the parser", "plugin", p.found.Name, "error", err)
 		}
 	}
-	s.logger.Info("command plugins learnt", "commands", len(s.routes)+len(coreCommands))
+	s.logger.Info("command plugins learnt", "commands", len(s.routes)+len(sdk.CoreCommands()))
 }
 
 func levelName(l hclog.Logger) string {
@@ -296,8 +297,6 @@ func (s *Supervisor) launch(m *managed) (*running, error) {
 	})
 }
 
-// coreCommands are answered by the parser from the supervisor's table.
-var coreCommands = map[string]bool{"guest-sync": true, "guest-sync-delimited": true, "guest-ping": true, "guest-info": true}
 
 // buildRegistry maps every command to one plugin; the first plugin (by name)
 // to declare a command keeps it and duplicates are refused with a log line.
@@ -315,7 +314,7 @@ func (s *Supervisor) buildRegistry() {
 			continue
 		}
 		for _, c := range m.info.Commands {
-			if coreCommands[c.Name] {
+			if sdk.IsCoreCommand(c.Name) {
 				s.logger.Error("command refused: it is a core command of the agent", "command", c.Name, "plugin", n)
 				continue
 			}
@@ -356,11 +355,13 @@ type PluginReport struct {
 
 // Commands lists the registry (core commands first), for -b help.
 func (s *Supervisor) Commands() []string {
-	out := []string{"guest-info", "guest-ping", "guest-sync", "guest-sync-delimited"}
+	out := sdk.CoreCommands()
+	sort.Strings(out)
+	core := len(out)
 	for _, r := range s.routes {
 		out = append(out, r.Command)
 	}
-	sort.Strings(out[4:])
+	sort.Strings(out[core:])
 	return out
 }
 
@@ -423,7 +424,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// Start-up garbage (TLS certificates, plugin handshakes) is returned to
 	// the system once, now, rather than held while the agent idles.
 	debug.FreeOSMemory()
-	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(coreCommands))
+	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(sdk.CoreCommands()))
 	<-ctx.Done()
 	return nil
 }
