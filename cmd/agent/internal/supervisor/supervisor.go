@@ -297,7 +297,6 @@ func (s *Supervisor) launch(m *managed) (*running, error) {
 	})
 }
 
-
 // buildRegistry maps every command to one plugin; the first plugin (by name)
 // to declare a command keeps it and duplicates are refused with a log line.
 func (s *Supervisor) buildRegistry() {
