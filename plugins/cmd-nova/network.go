@@ -63,17 +63,17 @@ type xsIface struct {
 }
 
 type xsAddr struct {
-	IP      string     `json:"ip"`
-	Address string     `json:"address"`
-	Netmask flexString `json:"netmask"`
-	Enabled flexString `json:"enabled"`
-	Gateway string     `json:"gateway"`
+	IP      string         `json:"ip"`
+	Address string         `json:"address"`
+	Netmask sdk.FlexString `json:"netmask"`
+	Enabled sdk.FlexString `json:"enabled"`
+	Gateway string         `json:"gateway"`
 }
 
 type xsRoute struct {
-	Route   string     `json:"route"`
-	Netmask flexString `json:"netmask"`
-	Gateway string     `json:"gateway"`
+	Route   string         `json:"route"`
+	Netmask sdk.FlexString `json:"netmask"`
+	Gateway string         `json:"gateway"`
 }
 
 func (n *nova) networkCommands() []sdk.Command {
@@ -316,7 +316,7 @@ func buildConfig(entries map[string][]byte, hostname string, links map[string]st
 
 // enabled reads nova's "enabled" flag: "1"/"0" (or numbers); absent means
 // enabled.
-func enabled(f flexString) bool {
+func enabled(f sdk.FlexString) bool {
 	s := strings.TrimSpace(string(f))
 	return s == "" || (s != "0" && !strings.EqualFold(s, "false"))
 }

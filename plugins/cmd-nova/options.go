@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
 // options is the plugin's block of the agent configuration:
@@ -29,7 +31,7 @@ type options struct {
 	XenstorePath string `json:"xenstore_path"`
 	// XenstoreDomid, when set, reads that domain's vm-data (through
 	// GET_DOMAIN_PATH) instead of the connection's own domain.
-	XenstoreDomid flexString `json:"xenstore_domid"`
+	XenstoreDomid sdk.FlexString `json:"xenstore_domid"`
 	// SysfsRoot is where interfaces are listed and matched by MAC
 	// (class/net/<if>/address). Default: <root>/sys.
 	SysfsRoot string `json:"sysfs_root"`
@@ -63,24 +65,6 @@ type options struct {
 
 func defaultOptions() options {
 	return options{Root: "/", User: "root", MaxDownloadBytes: 256 << 20}
-}
-
-// flexString accepts a JSON string or number (HCL writes `x = 5` as a
-// number).
-type flexString string
-
-func (f *flexString) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err == nil {
-		*f = flexString(s)
-		return nil
-	}
-	var n json.Number
-	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("want a string or a number, got %s", b)
-	}
-	*f = flexString(n.String())
-	return nil
 }
 
 // parseOptions decodes the options, refusing unknown ones: a typo in the

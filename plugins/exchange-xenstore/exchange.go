@@ -52,7 +52,7 @@ type options struct {
 	// GET_DOMAIN_PATH. Unset, paths stay relative and xenstored resolves
 	// them under the connection's own domain (the guest's home through
 	// /dev/xen/xenbus, /local/domain/0 on dom0's socket).
-	Domid flexString `json:"domid"`
+	Domid sdk.FlexString `json:"domid"`
 	// RequestPath and ResponsePath are nova-agent's request_path and
 	// response_path; relative paths are under the domain's home.
 	RequestPath  string `json:"request_path"`
@@ -68,24 +68,6 @@ type options struct {
 }
 
 var knownOptions = []string{"domid", "request_path", "response_path", "retry_path", "log_requests"}
-
-// flexString accepts a JSON string or number (HCL writes `domid = 5` as a
-// number).
-type flexString string
-
-func (f *flexString) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err == nil {
-		*f = flexString(s)
-		return nil
-	}
-	var n json.Number
-	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("want a string or a number, got %s", b)
-	}
-	*f = flexString(n.String())
-	return nil
-}
 
 func decodeOptions(ch sdk.Channel) (options, error) {
 	o := options{RequestPath: "data/host", ResponsePath: "data/guest"}

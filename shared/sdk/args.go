@@ -122,3 +122,22 @@ func expectedName(t reflect.Type) string {
 		return "object"
 	}
 }
+
+// FlexString is an option that accepts a JSON string or number: HCL writes
+// `domid = 5` as a number where a plugin wants text.
+type FlexString string
+
+// UnmarshalJSON accepts "5" and 5 alike.
+func (f *FlexString) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*f = FlexString(s)
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return Errorf("want a string or a number, got %s", b)
+	}
+	*f = FlexString(n.String())
+	return nil
+}
