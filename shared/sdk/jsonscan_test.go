@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -31,6 +32,9 @@ func FuzzSplitObject(f *testing.F) {
 		members, err := SplitObject(in)
 		var ref map[string]json.RawMessage
 		refErr := json.Unmarshal(in, &ref)
+		if refErr == nil && ref == nil {
+			refErr = errors.New("null is not an object") // encoding/json takes null for an empty map
+		}
 		if err == nil {
 			if refErr != nil {
 				t.Fatalf("accepted %q, encoding/json says %v", in, refErr)
@@ -56,6 +60,26 @@ func BenchmarkSplitObjectWrite(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := SplitObject(req); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestSkipPlain puts every byte value at every offset of a word and beyond,
+// so no byte the scan must stop at slips through the eight-byte steps.
+func TestSkipPlain(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 24; pos++ {
+			for start := 0; start <= pos; start += 3 {
+				b := []byte(strings.Repeat("A", 24))
+				b[pos] = byte(c)
+				want := len(b)
+				if needsCheck[c] {
+					want = pos
+				}
+				if got := skipPlain(b, start); got != want {
+					t.Fatalf("byte 0x%02x at %d, scan from %d: stopped at %d, want %d", c, pos, start, got, want)
+				}
+			}
 		}
 	}
 }
