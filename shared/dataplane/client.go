@@ -50,6 +50,7 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: dial %s: %w", socket, err)
 	}
+	GrowSendBuffer(conn)
 	c := &Client{conn: conn, pending: make(map[uint64]chan result), done: make(chan struct{})}
 	go c.readLoop()
 	return c, nil

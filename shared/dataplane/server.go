@@ -34,6 +34,7 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, logger hclog.Logger)
 			}
 			return fmt.Errorf("dataplane: accept: %w", err)
 		}
+		GrowSendBuffer(conn)
 		go serveConn(ctx, conn, h, logger)
 	}
 }

@@ -451,6 +451,7 @@ func (e *ParserEngine) serveListener(st *channelState, f *os.File, ev session.Ev
 		if peer, err := session.PeerOf(conn); err == nil {
 			caller.PeerPid, caller.PeerUid, caller.PeerGid = peer.PID, peer.UID, peer.GID
 		}
+		dataplane.GrowSendBuffer(conn) // replies to file reads are megabytes
 		active.Add(1)
 		s := e.newStreamSession(st, conn, caller, session.Event{Origin: ev.Origin})
 		go func() {
