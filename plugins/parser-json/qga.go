@@ -225,7 +225,7 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 		out = append(out, `: "`...)
 		n := len(out)
 		out = out[:n+base64.StdEncoding.EncodedLen(len(o.Blob))]
-		base64.StdEncoding.Encode(out[n:], o.Blob)
+		sdk.EncodeBase64(out[n:], o.Blob)
 		out = append(out, '"')
 		rest := bytes.TrimSpace(result[1:])
 		if len(rest) > 0 && rest[0] != '}' {

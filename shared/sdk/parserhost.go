@@ -715,7 +715,7 @@ func extractBlobArg(req *pb.RunRequest, member string) *Outcome {
 		return errOutcome(ClassGenericError, "Invalid parameter type for '%s', expected: string", member)
 	}
 	blob := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
-	n, err := base64.StdEncoding.Strict().Decode(blob, text)
+	n, err := DecodeBase64Strict(blob, text)
 	if err != nil {
 		return errOutcome(ClassGenericError, "Base64 data contains invalid characters")
 	}

@@ -1,0 +1,60 @@
+package sdk
+
+import (
+	"bytes"
+	"encoding/base64"
+	"math/rand"
+	"testing"
+)
+
+// The parallel conversions give exactly what encoding/base64 gives, at every
+// length around the piece boundaries, and refuse what it refuses.
+func TestBase64Parallel(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	for _, n := range []int{0, 1, 2, 3, parallelBase64Min - 1, parallelBase64Min, parallelBase64Min + 1, parallelBase64Min + 2, 1 << 20, 3<<20 + 7} {
+		src := make([]byte, n)
+		rng.Read(src)
+		want := base64.StdEncoding.EncodeToString(src)
+		got := make([]byte, base64.StdEncoding.EncodedLen(n))
+		EncodeBase64(got, src)
+		if string(got) != want {
+			t.Fatalf("encode %d bytes differs", n)
+		}
+		back := make([]byte, base64.StdEncoding.DecodedLen(len(got)))
+		m, err := DecodeBase64Strict(back, got)
+		if err != nil || !bytes.Equal(back[:m], src) {
+			t.Fatalf("decode %d bytes: %v", n, err)
+		}
+	}
+	big := []byte(base64.StdEncoding.EncodeToString(make([]byte, 1<<20)))
+	for name, bad := range map[string][]byte{
+		"padding in the middle": append(append(append([]byte(nil), big[:len(big)/2]...), "AA=="...), big[len(big)/2+4:]...),
+		"invalid character":     append(append(append([]byte(nil), big[:len(big)-9]...), '*'), big[len(big)-8:]...),
+		"non-zero padding bits": append(append([]byte(nil), big[:len(big)-4]...), "AB=="...),
+	} {
+		out := make([]byte, len(bad))
+		if _, err := DecodeBase64Strict(out, bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func BenchmarkEncodeBase64(b *testing.B) {
+	src := make([]byte, 1<<20)
+	dst := make([]byte, base64.StdEncoding.EncodedLen(len(src)))
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		EncodeBase64(dst, src)
+	}
+}
+
+func BenchmarkDecodeBase64Strict(b *testing.B) {
+	text := []byte(base64.StdEncoding.EncodeToString(make([]byte, 1<<20)))
+	dst := make([]byte, len(text))
+	b.SetBytes(1 << 20)
+	for i := 0; i < b.N; i++ {
+		if _, err := DecodeBase64Strict(dst, text); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
