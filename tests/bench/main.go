@@ -33,7 +33,8 @@ type agent struct {
 func main() {
 	pings := flag.Int("pings", 5000, "guest-ping calls per agent")
 	fileMiB := flag.Int("file-mib", 64, "size of the file moved by the file benchmarks")
-	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file,exec")
+	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec")
+	chunkList := flag.String("chunks", "4,64,1024", "comma-separated chunk sizes in KiB for the file benchmarks")
 	flag.Parse()
 	bin := os.Getenv("GUEST_AGENT_BIN")
 	if bin == "" {
@@ -63,7 +64,15 @@ func main() {
 		row(fmt.Sprintf("guest-ping p50 (µs, n=%d)", *pings), pct(pa, 50), pct(pb, 50), "%.1f", "target ≤ 1.5×")
 		row(fmt.Sprintf("guest-ping p99 (µs, n=%d)", *pings), pct(pa, 99), pct(pb, 99), "%.1f", "target ≤ 1.5×")
 	}
-	if want("file") {
+	var chunks []int
+	for _, f := range strings.Split(*chunkList, ",") {
+		kib, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || kib <= 0 {
+			fail(fmt.Errorf("-chunks: %q is not a size in KiB", f))
+		}
+		chunks = append(chunks, kib<<10)
+	}
+	if want("file") || want("read") || want("write") {
 		size := *fileMiB << 20
 		data := make([]byte, size)
 		for i := range data {
@@ -75,12 +84,18 @@ func main() {
 		}
 		defer os.Remove(src)
 		sum := sha256.Sum256(data)
-		for _, chunk := range []int{4 << 10, 64 << 10, 1 << 20} {
+		for _, chunk := range chunks {
+			if !want("file") && !want("read") {
+				break
+			}
 			ra := fileRead(ours.socket, src, chunk, sum)
 			rb := fileRead(ref.socket, src, chunk, sum)
 			row(fmt.Sprintf("guest-file-read %s (MB/s)", human(chunk)), ra, rb, "%.0f", "target ≥ 3×")
 		}
-		for _, chunk := range []int{4 << 10, 64 << 10, 1 << 20} {
+		for _, chunk := range chunks {
+			if !want("file") && !want("write") {
+				break
+			}
 			wa := fileWrite(ours.socket, data, chunk, sum)
 			wb := fileWrite(ref.socket, data, chunk, sum)
 			row(fmt.Sprintf("guest-file-write %s (MB/s)", human(chunk)), wa, wb, "%.0f", "target ≥ 3×")
