@@ -56,6 +56,7 @@ func (f *filesPlugin) commands() []sdk.Command {
 			Description: "Read from an open file in the guest; data is base64-encoded (count defaults to 4096, at most 48 MiB).",
 			ArgsSchema:  `{"type":"object","properties":{"handle":{"type":"integer"},"count":{"type":"integer","minimum":0,"maximum":50331648,"default":4096}},"required":["handle"],"additionalProperties":false}`,
 			BlobResult:  "buf-b64",
+			ReadAhead:   true,
 			Handler:     f.read,
 		},
 		{
@@ -192,26 +193,26 @@ func retryEINTR(f func() (int, error)) (int, error) {
 	}
 }
 
-func (f *filesPlugin) close(_ context.Context, call *sdk.Call) (any, error) {
+func (f *filesPlugin) close(ctx context.Context, call *sdk.Call) (any, error) {
 	var a handleArgs
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
-	if err := f.handles.remove(a.Handle); err != nil {
+	if err := f.handles.remove(ctx, a.Handle); err != nil {
 		return nil, err
 	}
 	f.p.Logger.Debug("guest-file-close", "handle", a.Handle)
 	return nil, nil
 }
 
-func (f *filesPlugin) flush(_ context.Context, call *sdk.Call) (any, error) {
+func (f *filesPlugin) flush(ctx context.Context, call *sdk.Call) (any, error) {
 	var a handleArgs
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
 	// Writes go straight to the kernel (no stdio buffer), so there is
 	// nothing to flush; qemu-ga's fflush does not fsync either.
-	h, err := f.handles.lock(a.Handle)
+	h, err := f.handles.lock(ctx, a.Handle, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +220,7 @@ func (f *filesPlugin) flush(_ context.Context, call *sdk.Call) (any, error) {
 	return nil, nil
 }
 
-func (f *filesPlugin) read(_ context.Context, call *sdk.Call) (any, error) {
+func (f *filesPlugin) read(ctx context.Context, call *sdk.Call) (any, error) {
 	var a struct {
 		Handle int64  `json:"handle"`
 		Count  *int64 `json:"count"`
@@ -227,7 +228,7 @@ func (f *filesPlugin) read(_ context.Context, call *sdk.Call) (any, error) {
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
-	h, err := f.handles.lock(a.Handle)
+	h, err := f.handles.lock(ctx, a.Handle, call.ReadAhead)
 	if err != nil {
 		return nil, err
 	}
@@ -239,11 +240,28 @@ func (f *filesPlugin) read(_ context.Context, call *sdk.Call) (any, error) {
 			return nil, sdk.Errorf("value '%d' is invalid for argument count", count)
 		}
 	}
+	start := int64(-1)
+	if call.ReadAhead != nil {
+		// Only a regular file's position can be set back.
+		pos, err := unix.Seek(h.fd, 0, unix.SEEK_CUR)
+		if !h.regular || err != nil {
+			return nil, sdk.Errorf("handle '%d' cannot be read ahead", a.Handle)
+		}
+		start = pos
+	}
 	buf, eof, err := readFull(h, int(count), call.AllocBlob)
 	if err != nil {
+		if start >= 0 {
+			// The parser drops a failed read ahead and asks again.
+			_, _ = unix.Seek(h.fd, start, unix.SEEK_SET)
+		}
 		return nil, sdk.Errorf("failed to read file: %s", strerror(err))
 	}
-	return &sdk.Reply{Value: readResult{Count: len(buf), EOF: eof}, Blob: buf}, nil
+	if start >= 0 {
+		h.recordAhead(call.ReadAhead, start)
+	}
+	more := h.regular && !eof && count > 0 && len(buf) == int(count)
+	return &sdk.Reply{Value: readResult{Count: len(buf), EOF: eof}, Blob: buf, More: more}, nil
 }
 
 // readFull reads up to count bytes at the handle's position, as fread does:
@@ -297,7 +315,7 @@ func bytesLeft(fd int) (int64, bool) {
 	return max(st.Size-pos, 0), true
 }
 
-func (f *filesPlugin) write(_ context.Context, call *sdk.Call) (any, error) {
+func (f *filesPlugin) write(ctx context.Context, call *sdk.Call) (any, error) {
 	var a struct {
 		Handle int64   `json:"handle"`
 		BufB64 *string `json:"buf-b64"` // normally taken out by the parser
@@ -321,7 +339,7 @@ func (f *filesPlugin) write(_ context.Context, call *sdk.Call) (any, error) {
 		}
 		data = b
 	}
-	h, err := f.handles.lock(a.Handle)
+	h, err := f.handles.lock(ctx, a.Handle, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -399,7 +417,7 @@ func (w *whence) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func (f *filesPlugin) seek(_ context.Context, call *sdk.Call) (any, error) {
+func (f *filesPlugin) seek(ctx context.Context, call *sdk.Call) (any, error) {
 	var a struct {
 		Handle int64  `json:"handle"`
 		Offset int64  `json:"offset"`
@@ -408,7 +426,7 @@ func (f *filesPlugin) seek(_ context.Context, call *sdk.Call) (any, error) {
 	if err := call.Decode(&a); err != nil {
 		return nil, err
 	}
-	h, err := f.handles.lock(a.Handle)
+	h, err := f.handles.lock(ctx, a.Handle, nil)
 	if err != nil {
 		return nil, err
 	}

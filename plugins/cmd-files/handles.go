@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/guest-agent/guest-agent/shared/dataplane"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +32,67 @@ type fileHandle struct {
 	mu      sync.Mutex
 	fd      int // -1 once closed
 	regular bool
+	// aheads are reads the parser ran before the host asked for them (see
+	// dataplane/readahead.go), oldest first; the position stays after them
+	// only as far as the parser gives them to the host.
+	aheads []*readAheadMark
+	// lost: the parser that read ahead stopped before saying how much of
+	// it the host got, so nobody knows the position the host expects.
+	lost bool
+}
+
+// readAheadMark remembers how to undo the reads of one read-ahead batch.
+type readAheadMark struct {
+	ticket *dataplane.Ticket
+	starts []int64 // the position before each read
+}
+
+// settleAhead makes the position what the host has seen before anything
+// else uses it: reads ahead that the parser did not give to the host are
+// undone. run, the read-ahead batch about to read, if any, keeps its own
+// earlier reads and those it carries on from. Called with h.mu held.
+func (h *fileHandle) settleAhead(ctx context.Context, run *dataplane.Ticket) error {
+	if len(h.aheads) == 0 {
+		return nil
+	}
+	if last := h.aheads[len(h.aheads)-1]; run != nil && (run == last.ticket || run.Continues(last.ticket)) {
+		return nil
+	}
+	undone := false
+	for len(h.aheads) > 0 {
+		m := h.aheads[0]
+		claimed, err := m.ticket.Settle(ctx)
+		if errors.Is(err, dataplane.ErrUnsettled) {
+			h.aheads, h.lost = nil, true
+			return errPositionLost(h.id)
+		}
+		if err != nil {
+			return sdk.Errorf("handle '%d' is busy: %v", h.id, err)
+		}
+		h.aheads = h.aheads[1:]
+		// Later batches carry on from this one: once it is undone, they
+		// were released too and there is nothing more to undo.
+		if !undone && claimed < len(m.starts) {
+			if _, err := unix.Seek(h.fd, m.starts[claimed], unix.SEEK_SET); err != nil {
+				return sdk.Errorf("failed to restore the position of handle '%d': %s", h.id, strerror(err))
+			}
+			undone = true
+		}
+	}
+	return nil
+}
+
+func errPositionLost(id int64) error {
+	return sdk.Errorf("handle '%d' lost its position: the agent's parser stopped while reading ahead on it; close the handle and open the file again", id)
+}
+
+// recordAhead notes a read of batch run that started at start.
+func (h *fileHandle) recordAhead(run *dataplane.Ticket, start int64) {
+	if n := len(h.aheads); n > 0 && h.aheads[n-1].ticket == run {
+		h.aheads[n-1].starts = append(h.aheads[n-1].starts, start)
+		return
+	}
+	h.aheads = append(h.aheads, &readAheadMark{ticket: run, starts: []int64{start}})
 }
 
 // handleTable maps handle numbers to open files and hands out numbers from a
@@ -200,8 +263,10 @@ func errHandleNotFound(id int64) error {
 }
 
 // lock finds handle id and locks it for one operation; the caller unlocks.
-// A handle closed while the caller waited is reported as not found.
-func (t *handleTable) lock(id int64) (*fileHandle, error) {
+// A handle closed while the caller waited is reported as not found. The
+// position is settled (see settleAhead; run is the caller's read-ahead
+// batch, if any).
+func (t *handleTable) lock(ctx context.Context, id int64, run *dataplane.Ticket) (*fileHandle, error) {
 	h, err := t.find(id)
 	if err != nil {
 		return nil, err
@@ -211,11 +276,19 @@ func (t *handleTable) lock(id int64) (*fileHandle, error) {
 		h.mu.Unlock()
 		return nil, errHandleNotFound(id)
 	}
+	if h.lost {
+		h.mu.Unlock()
+		return nil, errPositionLost(id)
+	}
+	if err := h.settleAhead(ctx, run); err != nil {
+		h.mu.Unlock()
+		return nil, err
+	}
 	return h, nil
 }
 
 // remove takes handle id out of the table and closes its file.
-func (t *handleTable) remove(id int64) error {
+func (t *handleTable) remove(ctx context.Context, id int64) error {
 	t.mu.Lock()
 	h := t.open[id]
 	delete(t.open, id)
@@ -225,6 +298,12 @@ func (t *handleTable) remove(id int64) error {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// Reads ahead are settled even though the position no longer matters:
+	// released, the parser will not show them after the close.
+	for _, m := range h.aheads {
+		_, _ = m.ticket.Settle(ctx)
+	}
+	h.aheads = nil
 	fd := h.fd
 	h.fd = -1
 	if fd < 0 {
@@ -252,6 +331,6 @@ func (t *handleTable) closeAll() {
 	}
 	t.mu.Unlock()
 	for _, id := range ids {
-		_ = t.remove(id)
+		_ = t.remove(context.Background(), id)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"unicode/utf8"
 
@@ -85,6 +86,14 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 	}
 	delimited := req.execute == "guest-sync-delimited"
 	s.Go(ctx, req.execute, args, func(o *sdk.Outcome) {
+		if head, tail, ok := encodeAroundText(o, id, delimited); ok {
+			// Read-ahead encoded the data already: write it where it is.
+			if _, err := s.WriteBuffers(net.Buffers{head, o.BlobText, tail}); err != nil {
+				s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
+			}
+			o.Done()
+			return
+		}
 		reply := encodeOutcome(o, id, delimited, q.buffers.Get)
 		o.Done()
 		writeReply(s, reply)
@@ -204,7 +213,9 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 		result = json.RawMessage("{}")
 	}
 	size := len(result) + len(id) + 32
-	if o.Blob != nil {
+	if o.BlobText != nil {
+		size += len(o.BlobText) + len(o.BlobField) + 8
+	} else if o.Blob != nil {
 		size += base64.StdEncoding.EncodedLen(len(o.Blob)) + len(o.BlobField) + 8
 	}
 	var out []byte
@@ -217,15 +228,19 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 		out = append(out, resyncByte)
 	}
 	out = append(out, `{"return": `...)
-	if o.Blob != nil && len(result) > 0 && result[0] == '{' {
+	if (o.Blob != nil || o.BlobText != nil) && len(result) > 0 && result[0] == '{' {
 		// Encode the bulk data straight into the reply: one pass, no
-		// intermediate string.
+		// intermediate string (or a copy of what read-ahead encoded).
 		out = append(out, '{')
 		out = strconv.AppendQuote(out, o.BlobField)
 		out = append(out, `: "`...)
-		n := len(out)
-		out = out[:n+base64.StdEncoding.EncodedLen(len(o.Blob))]
-		sdk.EncodeBase64(out[n:], o.Blob)
+		if o.BlobText != nil {
+			out = append(out, o.BlobText...)
+		} else {
+			n := len(out)
+			out = out[:n+base64.StdEncoding.EncodedLen(len(o.Blob))]
+			sdk.EncodeBase64(out[n:], o.Blob)
+		}
 		out = append(out, '"')
 		rest := bytes.TrimSpace(result[1:])
 		if len(rest) > 0 && rest[0] != '}' {
@@ -241,6 +256,36 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 	}
 	out = append(out, "}\n"...)
 	return out
+}
+
+// encodeAroundText renders the reply of an outcome whose blob read-ahead has
+// already encoded (Outcome.BlobText) as the bytes before and after the text,
+// so the text is written from where it is. ok is false for other outcomes.
+func encodeAroundText(o *sdk.Outcome, id json.RawMessage, delimited bool) (head, tail []byte, ok bool) {
+	if o.Err != nil || o.NoResponse || o.BlobText == nil || len(o.Result) == 0 || o.Result[0] != '{' {
+		return nil, nil, false
+	}
+	head = make([]byte, 0, 32+len(o.BlobField))
+	if delimited {
+		head = append(head, resyncByte)
+	}
+	head = append(head, `{"return": {`...)
+	head = strconv.AppendQuote(head, o.BlobField)
+	head = append(head, `: "`...)
+	tail = make([]byte, 0, len(o.Result)+len(id)+16)
+	tail = append(tail, '"')
+	if rest := bytes.TrimSpace(o.Result[1:]); len(rest) > 0 && rest[0] != '}' {
+		tail = append(tail, ", "...)
+		tail = append(tail, rest...)
+	} else {
+		tail = append(tail, '}')
+	}
+	if id != nil {
+		tail = append(tail, `, "id": `...)
+		tail = append(tail, id...)
+	}
+	tail = append(tail, "}\n"...)
+	return head, tail, true
 }
 
 func errorReply(id json.RawMessage, class, desc string, delimited bool) []byte {

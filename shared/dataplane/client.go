@@ -39,6 +39,7 @@ type Client struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan result
+	aheads  map[uint64]*Ahead // read-ahead runs, until settled and answered
 	err     error
 	done    chan struct{}
 }
@@ -51,7 +52,7 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 		return nil, fmt.Errorf("dataplane: dial %s: %w", socket, err)
 	}
 	GrowSendBuffer(conn)
-	c := &Client{conn: conn, pending: make(map[uint64]chan result), done: make(chan struct{})}
+	c := &Client{conn: conn, pending: make(map[uint64]chan result), aheads: make(map[uint64]*Ahead), done: make(chan struct{})}
 	go c.readLoop()
 	return c, nil
 }
@@ -81,14 +82,7 @@ func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse,
 	c.mu.Unlock()
 
 	req.Id = id
-	blob := req.Blob
-	req.Blob = nil
-	c.wmu.Lock()
-	var err error
-	c.wscratch, err = writeFrame(c.conn, req, blob, c.wscratch)
-	c.wmu.Unlock()
-	req.Blob = blob
-	if err != nil {
+	if err := c.send(req); err != nil {
 		// A unix socket refuses the write when the peer has exited, so
 		// nothing of this request reached the plugin.
 		c.conn.Close()
@@ -102,6 +96,18 @@ func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse,
 		c.forget(id)
 		return nil, ctx.Err()
 	}
+}
+
+// send writes one frame: req's header and its blob.
+func (c *Client) send(req *pb.RunRequest) error {
+	blob := req.Blob
+	req.Blob = nil
+	c.wmu.Lock()
+	var err error
+	c.wscratch, err = writeFrame(c.conn, req, [][]byte{blob}, c.wscratch)
+	c.wmu.Unlock()
+	req.Blob = blob
+	return err
 }
 
 func (c *Client) forget(id uint64) {
@@ -123,7 +129,18 @@ func (c *Client) readLoop() {
 			return
 		}
 		resp.Blob = blob
+		if resp.Id == 0 {
+			if resp.ReadAheadQuery != 0 {
+				// Answered off this loop: settling writes a frame.
+				go c.answerQuery(resp.ReadAheadQuery)
+			}
+			continue
+		}
 		c.mu.Lock()
+		if c.deliverAhead(resp) {
+			c.mu.Unlock()
+			continue
+		}
 		ch := c.pending[resp.Id]
 		delete(c.pending, resp.Id)
 		c.mu.Unlock()
@@ -139,6 +156,11 @@ func (c *Client) fail(err error) {
 	c.err = err
 	pending := c.pending
 	c.pending = nil
+	for _, a := range c.aheads {
+		a.err = err
+		close(a.ready)
+	}
+	c.aheads = nil
 	c.mu.Unlock()
 	for _, ch := range pending {
 		ch <- result{err: err}

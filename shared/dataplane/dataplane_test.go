@@ -23,9 +23,9 @@ func startServer(t testing.TB, h Handler) string {
 	return sock
 }
 
-func echo(_ context.Context, req *pb.RunRequest) (*pb.RunResponse, func()) {
+func echo(_ context.Context, req *pb.RunRequest) Reply {
 	// The request blob is recycled after the handler: copy it.
-	return &pb.RunResponse{ResultJson: req.ArgsJson, Blob: append([]byte(nil), req.Blob...)}, nil
+	return Reply{Resp: &pb.RunResponse{ResultJson: req.ArgsJson, Blob: append([]byte(nil), req.Blob...)}}
 }
 
 func TestRoundTripAndBlobs(t *testing.T) {
@@ -49,9 +49,9 @@ func TestRoundTripAndBlobs(t *testing.T) {
 
 func TestConnectionLostFailsPending(t *testing.T) {
 	block := make(chan struct{})
-	sock := startServer(t, func(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, func()) {
+	sock := startServer(t, func(ctx context.Context, req *pb.RunRequest) Reply {
 		<-block
-		return &pb.RunResponse{}, nil
+		return Reply{Resp: &pb.RunResponse{}}
 	})
 	c, err := Dial(context.Background(), sock)
 	if err != nil {

@@ -27,10 +27,15 @@ const maxMeta = 80 << 20
 
 const headerLen = 8
 
-// writeFrame writes meta (marshalled without blob) and blob as one frame.
-func writeFrame(w io.Writer, meta proto.Message, blob []byte, scratch []byte) ([]byte, error) {
-	if len(blob) > MaxBlob {
-		return scratch, fmt.Errorf("dataplane: blob of %d bytes exceeds the %d byte limit", len(blob), MaxBlob)
+// writeFrame writes meta (marshalled without blob) and the blob, given in
+// parts that are sent back to back, as one frame.
+func writeFrame(w io.Writer, meta proto.Message, blobs [][]byte, scratch []byte) ([]byte, error) {
+	size := 0
+	for _, b := range blobs {
+		size += len(b)
+	}
+	if size > MaxBlob {
+		return scratch, fmt.Errorf("dataplane: blob of %d bytes exceeds the %d byte limit", size, MaxBlob)
 	}
 	buf := append(scratch[:0], make([]byte, headerLen)...)
 	buf, err := proto.MarshalOptions{}.MarshalAppend(buf, meta)
@@ -38,11 +43,11 @@ func writeFrame(w io.Writer, meta proto.Message, blob []byte, scratch []byte) ([
 		return buf, fmt.Errorf("dataplane: marshal frame: %w", err)
 	}
 	binary.BigEndian.PutUint32(buf[0:4], uint32(len(buf)-headerLen))
-	binary.BigEndian.PutUint32(buf[4:8], uint32(len(blob)))
-	if len(blob) == 0 {
+	binary.BigEndian.PutUint32(buf[4:8], uint32(size))
+	if size == 0 {
 		_, err = w.Write(buf)
 	} else {
-		bufs := net.Buffers{buf, blob}
+		bufs := append(net.Buffers{buf}, blobs...)
 		_, err = bufs.WriteTo(w)
 	}
 	if err != nil {

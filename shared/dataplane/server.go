@@ -14,9 +14,19 @@ import (
 )
 
 // Handler runs one request. It is called concurrently; it must not keep
-// req.Blob after returning (the buffer is recycled). done, if not nil, is
-// called once the response has been written (its blob may be recycled then).
-type Handler func(ctx context.Context, req *pb.RunRequest) (resp *pb.RunResponse, done func())
+// req.Blob after returning (the buffer is recycled).
+type Handler func(ctx context.Context, req *pb.RunRequest) Reply
+
+// Reply is a handler's answer.
+type Reply struct {
+	Resp *pb.RunResponse
+	// Blobs, when not nil, is the frame's blob in parts (a read-ahead run's
+	// results), sent with one writev in place of Resp.Blob.
+	Blobs [][]byte
+	// Done, if not nil, is called once the response has been written (its
+	// blobs may be recycled then).
+	Done func()
+}
 
 // Serve accepts parser connections on ln and runs their requests with h until
 // ctx ends or ln fails. Requests on one connection run concurrently, so a slow
@@ -39,6 +49,59 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, logger hclog.Logger)
 	}
 }
 
+// serverConn is one parser's connection, as the plugin sees it.
+type serverConn struct {
+	conn     net.Conn
+	cancel   context.CancelFunc
+	logger   hclog.Logger
+	wmu      sync.Mutex
+	wscratch []byte
+
+	mu      sync.Mutex
+	tickets map[uint64]*Ticket // read-ahead runs not settled yet
+}
+
+// respond writes one frame to the parser: resp, and as its blob either the
+// parts in blobs or resp.Blob.
+func (sc *serverConn) respond(resp *pb.RunResponse, blobs [][]byte) {
+	if blobs == nil && len(resp.Blob) > 0 {
+		blobs = [][]byte{resp.Blob}
+	}
+	resp.Blob = nil
+	sc.wmu.Lock()
+	var err error
+	sc.wscratch, err = writeFrame(sc.conn, resp, blobs, sc.wscratch)
+	sc.wmu.Unlock()
+	if err != nil {
+		sc.logger.Debug("dataplane: reply lost", "error", err)
+		sc.cancel()
+	}
+}
+
+// settle applies the parser's word on a read-ahead run. It runs on the read
+// loop, so it is in effect before any later request of this connection.
+func (sc *serverConn) settle(s *pb.ReadAheadSettled) {
+	sc.mu.Lock()
+	t := sc.tickets[s.Token]
+	delete(sc.tickets, s.Token)
+	sc.mu.Unlock()
+	if t != nil {
+		t.settle(s.Claimed, false)
+	}
+}
+
+// loseAll settles the runs of a connection that ended as lost: nobody can
+// say any more how many results their host got.
+func (sc *serverConn) loseAll() {
+	sc.mu.Lock()
+	tickets := sc.tickets
+	sc.tickets = nil
+	sc.mu.Unlock()
+	for _, t := range tickets {
+		t.settle(0, true)
+	}
+}
+
 func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logger) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -47,20 +110,8 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 		<-ctx.Done()
 		conn.Close()
 	}()
-	var wmu sync.Mutex
-	var wscratch []byte
-	respond := func(resp *pb.RunResponse) {
-		blob := resp.Blob
-		resp.Blob = nil
-		wmu.Lock()
-		var err error
-		wscratch, err = writeFrame(conn, resp, blob, wscratch)
-		wmu.Unlock()
-		if err != nil {
-			logger.Debug("dataplane: reply lost", "error", err)
-			cancel()
-		}
-	}
+	sc := &serverConn{conn: conn, cancel: cancel, logger: logger, tickets: map[uint64]*Ticket{}}
+	defer sc.loseAll()
 	r := bufio.NewReaderSize(conn, 64<<10)
 	var rscratch []byte
 	var pool BufferPool
@@ -75,19 +126,33 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 			}
 			return
 		}
+		if req.Settled != nil {
+			sc.settle(req.Settled)
+			pool.Put(blob)
+			continue
+		}
 		req.Blob = blob
+		runCtx := ctx
+		if req.ReadAhead != 0 {
+			t := &Ticket{conn: sc, token: req.ReadAhead, after: req.ReadAheadAfter, done: make(chan struct{})}
+			sc.mu.Lock()
+			sc.tickets[t.token] = t
+			sc.mu.Unlock()
+			runCtx = context.WithValue(ctx, ticketKey{}, t)
+		}
 		go func() {
-			resp, done := h(ctx, req)
+			reply := h(runCtx, req)
 			if blob != nil {
 				pool.Put(blob)
 			}
+			resp := reply.Resp
 			if resp == nil {
 				resp = &pb.RunResponse{Error: &pb.Error{Class: "GenericError", Desc: "command returned no response"}}
 			}
 			resp.Id = req.Id
-			respond(resp)
-			if done != nil {
-				done()
+			sc.respond(resp, reply.Blobs)
+			if reply.Done != nil {
+				reply.Done()
 			}
 		}()
 	}

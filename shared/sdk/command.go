@@ -39,7 +39,10 @@ type Command struct {
 	// Dialects limits the command to channels of these dialects ("nova");
 	// empty: every channel.
 	Dialects []string
-	Handler  func(ctx context.Context, call *Call) (any, error)
+	// ReadAhead: the command reads on from where its last run stopped, and
+	// the parser may run it before the host asks (see Call.ReadAhead).
+	ReadAhead bool
+	Handler   func(ctx context.Context, call *Call) (any, error)
 }
 
 // Call is one invocation of a command.
@@ -50,6 +53,11 @@ type Call struct {
 	// returns: copy what must outlive the call.
 	Blob   []byte
 	Caller *pb.Caller
+	// ReadAhead is set when the parser runs a ReadAhead command before the
+	// host asked for it. The handler records with it how to undo the run,
+	// and everything that next needs the state the run changed calls
+	// Settle first and undoes the run when the parser released it.
+	ReadAhead *dataplane.Ticket
 
 	pool   *dataplane.BufferPool
 	pooled [][]byte
@@ -73,6 +81,9 @@ type Reply struct {
 	Blob        []byte // goes into Command.BlobResult as base64
 	NoResponse  bool   // success without a reply
 	FreezeState pb.FreezeState
+	// More: a ReadAhead command did not reach the end, so running it again
+	// would return more.
+	More bool
 }
 
 // Config is given to a command plugin before its first command.
@@ -138,6 +149,7 @@ func (p *CommandPlugin) Info() *pb.InfoResponse {
 			BlobResult:         c.BlobResult,
 			AllowedWhileFrozen: c.AllowedWhileFrozen,
 			Dialects:           c.Dialects,
+			ReadAhead:          c.ReadAhead,
 		})
 	}
 	return info
@@ -150,18 +162,63 @@ func (p *CommandPlugin) Run(ctx context.Context, req *pb.RunRequest) *pb.RunResp
 	return resp
 }
 
+// maxReadAheadRuns bounds the runs of one read-ahead request, whatever the
+// parser asks.
+const maxReadAheadRuns = 64
+
 // serveDataplane runs a data plane request; buffers from AllocBlob are
 // recycled once the response is written.
-func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, func()) {
+func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
+	if req.ReadAhead != 0 {
+		return p.serveReadAhead(ctx, req)
+	}
 	resp, call := p.run(ctx, req)
 	if call == nil || len(call.pooled) == 0 {
-		return resp, nil
+		return dataplane.Reply{Resp: resp}
 	}
-	return resp, func() {
-		for _, b := range call.pooled {
-			p.pool.Put(b)
+	return dataplane.Reply{Resp: resp, Done: func() { p.recycle(call) }}
+}
+
+func (p *CommandPlugin) recycle(call *Call) {
+	for _, b := range call.pooled {
+		p.pool.Put(b)
+	}
+}
+
+// serveReadAhead runs a read-ahead request: the command again and again, as
+// the host would ask it, until the count asked for, a run that has no more,
+// or a failure (which the command has undone: it ends the results, unsent).
+func (p *CommandPlugin) serveReadAhead(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
+	runs := int(min(max(req.ReadAheadRuns, 1), maxReadAheadRuns))
+	cmd := p.index[req.Command]
+	if cmd == nil || !cmd.ReadAhead {
+		return dataplane.Reply{Resp: &pb.RunResponse{Error: &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("%s cannot be read ahead", req.Command)}}}
+	}
+	out := &pb.RunResponse{}
+	var blobs [][]byte
+	var calls []*Call
+	for i := 0; i < runs; i++ {
+		resp, call := p.run(ctx, req)
+		if call != nil {
+			calls = append(calls, call)
+		}
+		if resp.Error != nil {
+			if i == 0 {
+				out.Error = resp.Error
+			}
+			break
+		}
+		out.ReadAheadResults = append(out.ReadAheadResults, &pb.ReadAheadResult{ResultJson: resp.ResultJson, BlobSize: uint32(len(resp.Blob)), More: resp.More})
+		blobs = append(blobs, resp.Blob)
+		if !resp.More {
+			break
 		}
 	}
+	return dataplane.Reply{Resp: out, Blobs: blobs, Done: func() {
+		for _, c := range calls {
+			p.recycle(c)
+		}
+	}}
 }
 
 func (p *CommandPlugin) run(ctx context.Context, req *pb.RunRequest) (resp *pb.RunResponse, call *Call) {
@@ -186,7 +243,7 @@ func (p *CommandPlugin) run(ctx context.Context, req *pb.RunRequest) (resp *pb.R
 			call = nil // buffers may still be in use by a runaway handler
 		}
 	}()
-	call = &Call{Command: req.Command, Args: req.ArgsJson, Blob: req.Blob, Caller: req.Caller, pool: &p.pool}
+	call = &Call{Command: req.Command, Args: req.ArgsJson, Blob: req.Blob, Caller: req.Caller, ReadAhead: dataplane.TicketFrom(ctx), pool: &p.pool}
 	out, err := cmd.Handler(ctx, call)
 	if err != nil {
 		resp.Error = toProtoError(err)
@@ -196,6 +253,7 @@ func (p *CommandPlugin) run(ctx context.Context, req *pb.RunRequest) (resp *pb.R
 		resp.Blob = r.Blob
 		resp.NoResponse = r.NoResponse
 		resp.FreezeState = r.FreezeState
+		resp.More = r.More
 		out = r.Value
 	}
 	if out == nil {

@@ -49,7 +49,11 @@ type Outcome struct {
 	// BlobField, base64-encoded.
 	Blob      []byte
 	BlobField string
-	Err       *pb.Error
+	// BlobText, when not nil, is Blob already base64-encoded (standard
+	// alphabet, padded): a read-ahead result encoded while the host was
+	// busy. Use it instead of encoding Blob.
+	BlobText []byte
+	Err      *pb.Error
 	// NoResponse: success, and the command sends no reply.
 	NoResponse bool
 	// Release, when not nil, recycles Blob's buffer: call it once the reply

@@ -41,10 +41,13 @@ func IsCoreCommand(name string) bool { return isCore(name) }
 
 // Default limits, used when the supervisor sends zero.
 const (
-	DefaultMaxRequestBytes  = 64 << 20 // qemu-ga's limit for one request
-	DefaultCommandTimeout   = 10 * time.Minute
-	DefaultMaxSessions      = 64
-	DefaultMaxInFlight      = 64
+	DefaultMaxRequestBytes = 64 << 20 // qemu-ga's limit for one request
+	DefaultCommandTimeout  = 10 * time.Minute
+	DefaultMaxSessions     = 64
+	DefaultMaxInFlight     = 64
+	// DefaultReadAheadMax bounds what a session reads ahead: the result
+	// and its base64 text stay in the parser until the host asks.
+	DefaultReadAheadMax     = 1 << 20
 	pluginRestartWaitBudget = 10 * time.Second
 )
 
@@ -83,6 +86,8 @@ type ParserEngine struct {
 	logger hclog.Logger
 
 	frozen atomic.Bool
+	// textPool recycles the base64 text of read-ahead results.
+	textPool dataplane.BufferPool
 
 	mu        sync.RWMutex
 	cfg       *pb.ConfigureParserRequest
@@ -133,6 +138,7 @@ type resolvedLimits struct {
 	commandTimeout time.Duration
 	maxSessions    int64
 	maxInFlight    int64
+	readAheadMax   int64 // 0: no read-ahead
 }
 
 type channelState struct {
@@ -180,6 +186,7 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		commandTimeout: time.Duration(orDefault(req.GetLimits().GetCommandTimeoutMs(), int64(DefaultCommandTimeout/time.Millisecond))) * time.Millisecond,
 		maxSessions:    orDefault(req.GetLimits().GetMaxSessions(), DefaultMaxSessions),
 		maxInFlight:    orDefault(req.GetLimits().GetMaxInFlight(), DefaultMaxInFlight),
+		readAheadMax:   readAheadLimit(req.GetLimits().GetReadAheadMaxBytes()),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -236,6 +243,18 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 	}
 	releaseStartupMemory()
 	return resp, nil
+}
+
+// readAheadLimit resolves read_ahead_max_bytes: 0 is the default, a
+// negative value turns read-ahead off.
+func readAheadLimit(v int64) int64 {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return DefaultReadAheadMax
+	}
+	return v
 }
 
 func orDefault(v, def int64) int64 {
@@ -477,6 +496,9 @@ func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *Str
 		e.logger.Debug("session ended", "channel", st.cfg.Name, "origin", s.origin, "error", err)
 	}
 	s.wait()
+	// The host that asked is gone (a virtio-serial host may come back and
+	// read the same handle on: it must find the position it left).
+	s.dropAhead()
 }
 
 func (e *ParserEngine) serveMessages(ctx context.Context, st *channelState, f *os.File, caller *pb.Caller) {
@@ -519,6 +541,12 @@ type dispatcher struct {
 	e      *ParserEngine
 	st     *channelState
 	caller *pb.Caller
+
+	// readAhead: the session reads ahead (stream sessions; see readahead.go).
+	readAhead bool
+	aheadMu   sync.Mutex
+	aheads    []*aheadBatch // at most two, the second carrying on from the first
+	closed    bool          // the session ended: no new read-ahead
 }
 
 func (e *ParserEngine) newDispatcher(st *channelState, caller *pb.Caller) *dispatcher {
@@ -561,9 +589,20 @@ func errOutcome(class, format string, args ...any) *Outcome {
 
 // Dispatch runs one command.
 func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.RawMessage) *Outcome {
+	o, next := d.dispatch(ctx, command, args)
+	if next != nil {
+		next()
+	}
+	return o
+}
+
+// dispatch runs one command; next, when not nil, starts the read-ahead of
+// the host's likely next request: call it once the reply is on its way.
+func (d *dispatcher) dispatch(ctx context.Context, command string, args json.RawMessage) (o *Outcome, next func()) {
 	d.e.mu.RLock()
 	route := d.e.routes[command]
 	timeout := d.e.limits.commandTimeout
+	readAheadMax := d.e.limits.readAheadMax
 	pending := d.e.routesReady != nil
 	d.e.mu.RUnlock()
 	if route == nil && pending && !isCore(command) {
@@ -578,36 +617,50 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 		route = nil // another dialect's command: unknown here
 	}
 	if !core && route == nil {
-		return errOutcome(ClassCommandNotFound, "The command %s has not been found", command)
+		return errOutcome(ClassCommandNotFound, "The command %s has not been found", command), nil
 	}
 	if !d.st.enabled(command) || (route != nil && !route.Enabled) {
-		return errOutcome(ClassCommandNotFound, "Command %s has been disabled", command)
+		return errOutcome(ClassCommandNotFound, "Command %s has been disabled", command), nil
 	}
 	if core {
-		return d.core(command, args)
+		return d.core(command, args), nil
 	}
 	spec := route.GetSpec()
 	if d.e.frozen.Load() && !spec.GetAllowedWhileFrozen() {
-		return errOutcome(ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command)
+		return errOutcome(ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command), nil
 	}
-	req := &pb.RunRequest{Command: command, ArgsJson: args, Caller: d.caller}
-	if len(req.ArgsJson) == 0 {
-		req.ArgsJson = []byte("{}")
-	}
+	req := &pb.RunRequest{Command: command, ArgsJson: argsObject(args), Caller: d.caller}
 	if spec.GetBlobArg() != "" {
 		if o := extractBlobArg(req, spec.BlobArg); o != nil {
-			return o
+			return o, nil
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req.DeadlineUnixNano = time.Now().Add(timeout).UnixNano()
-	resp, release, err := d.e.call(ctx, route.Plugin, req)
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return errOutcome(ClassGenericError, "command %s timed out after %s", command, timeout)
+
+	var resp *pb.RunResponse
+	key := ""
+	if d.readAhead {
+		key = aheadKey(command, req.ArgsJson)
+		if b := d.takeAhead(route.Plugin, key); b != nil {
+			var r *pb.ReadAheadResult
+			if o, r = d.claimAhead(ctx, b); o != nil {
+				resp = &pb.RunResponse{ResultJson: r.ResultJson, More: r.More}
+			}
 		}
-		return errOutcome(ClassGenericError, "command %s failed: %v", command, err)
+	}
+	if o == nil {
+		var release func()
+		var err error
+		req.DeadlineUnixNano = time.Now().Add(timeout).UnixNano()
+		resp, release, err = d.e.call(ctx, route.Plugin, req)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return errOutcome(ClassGenericError, "command %s timed out after %s", command, timeout), nil
+			}
+			return errOutcome(ClassGenericError, "command %s failed: %v", command, err), nil
+		}
+		o = &Outcome{Result: resp.ResultJson, Release: release}
 	}
 	switch resp.FreezeState {
 	case pb.FreezeState_FREEZE_STATE_FROZEN:
@@ -616,17 +669,32 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 		d.e.frozen.Store(false)
 	}
 	if resp.Error != nil {
-		release()
-		return &Outcome{Err: resp.Error}
+		o.Done()
+		return &Outcome{Err: resp.Error}, nil
 	}
-	o := &Outcome{Result: resp.ResultJson, NoResponse: resp.NoResponse, Release: release}
+	o.NoResponse = resp.NoResponse
 	if spec.GetBlobResult() != "" {
-		o.Blob, o.BlobField = resp.Blob, spec.BlobResult
+		o.BlobField = spec.BlobResult
+		if o.Blob == nil {
+			o.Blob = resp.Blob
+		}
 		if o.Blob == nil {
 			o.Blob = []byte{}
 		}
 	}
-	return o
+	if d.readAhead && spec.GetReadAhead() && resp.More {
+		blobSize := len(o.Blob)
+		next = func() { d.readOn(route.Plugin, key, spec.GetBlobResult(), req, blobSize, readAheadMax) }
+	}
+	return o, next
+}
+
+// argsObject is the arguments as the plugin gets them: "{}" when absent.
+func argsObject(args json.RawMessage) []byte {
+	if len(args) == 0 {
+		return []byte("{}")
+	}
+	return args
 }
 
 // servesDialect tells whether a routed command belongs on a channel of the
@@ -794,6 +862,24 @@ func (pc *pluginConn) setSocket(socket string) {
 	pc.mu.Unlock()
 }
 
+// current returns the live connection, if any, without dialling.
+func (pc *pluginConn) current() *dataplane.Client {
+	if pc == nil {
+		return nil
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.conn == nil {
+		return nil
+	}
+	select {
+	case <-pc.conn.Done():
+		return nil
+	default:
+		return pc.conn
+	}
+}
+
 func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
@@ -865,16 +951,24 @@ type StreamSession struct {
 	done      chan struct{} // closed when the session ends
 	wg        sync.WaitGroup
 	queuesMu  sync.Mutex
-	queues    map[string]chan func()
+	queues    map[string]*pluginQueue
 	maxReqLen int64
+}
+
+// pluginQueue runs one plugin's commands of a session in arrival order.
+type pluginQueue struct {
+	jobs    chan func()
+	waiting atomic.Int32 // queued or running
 }
 
 func (e *ParserEngine) newStreamSession(st *channelState, conn io.ReadWriteCloser, caller *pb.Caller, ev session.Event) *StreamSession {
 	e.mu.RLock()
 	lim := e.limits
 	e.mu.RUnlock()
+	d := e.newDispatcher(st, caller)
+	d.readAhead = lim.readAheadMax > 0
 	return &StreamSession{
-		dispatcher: e.newDispatcher(st, caller),
+		dispatcher: d,
 		conn:       conn,
 		origin:     ev.Origin,
 		persistent: ev.Persistent,
@@ -882,7 +976,7 @@ func (e *ParserEngine) newStreamSession(st *channelState, conn io.ReadWriteClose
 		hostCh:     make(chan struct{}),
 		inflight:   make(chan struct{}, lim.maxInFlight),
 		done:       make(chan struct{}),
-		queues:     map[string]chan func(){},
+		queues:     map[string]*pluginQueue{},
 		maxReqLen:  lim.maxRequest,
 		cancel:     func() {},
 	}
@@ -897,6 +991,14 @@ func (s *StreamSession) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	return s.conn.Write(p)
+}
+
+// WriteBuffers writes one whole reply given in parts (with one writev on a
+// socket); like Write, it never interleaves with another reply.
+func (s *StreamSession) WriteBuffers(parts net.Buffers) (int64, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return parts.WriteTo(s.conn)
 }
 
 // MaxRequestBytes is the configured limit on one request.
@@ -955,42 +1057,59 @@ func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMes
 	if route != nil {
 		key = route.Plugin
 	}
+	s.queuesMu.Lock()
+	q := s.queues[key]
+	if q == nil {
+		q = &pluginQueue{jobs: make(chan func(), cap(s.inflight))}
+		s.queues[key] = q
+		go q.run(ctx)
+	}
+	s.queuesMu.Unlock()
+
+	run := func() {
+		o, next := s.dispatch(ctx, command, args)
+		done(o)
+		if next != nil {
+			next()
+		}
+	}
+	// The reply to a request a read-ahead run answers is ready: write it
+	// from here rather than wake another thread for it. Only when nothing
+	// of this plugin is queued before it, so the order holds.
+	if q.waiting.Load() == 0 && s.readAhead && s.peekAhead(aheadKey(command, argsObject(args))) {
+		run()
+		return
+	}
 	select {
 	case s.inflight <- struct{}{}:
 	case <-ctx.Done():
 		return
 	}
 	s.wg.Add(1)
-	job := func() {
-		defer func() { <-s.inflight; s.wg.Done() }()
-		done(s.Dispatch(ctx, command, args))
+	q.waiting.Add(1)
+	q.jobs <- func() {
+		defer func() { q.waiting.Add(-1); <-s.inflight; s.wg.Done() }()
+		run()
 	}
-	s.queuesMu.Lock()
-	q := s.queues[key]
-	if q == nil {
-		q = make(chan func(), cap(s.inflight))
-		s.queues[key] = q
-		go func() {
+}
+
+func (q *pluginQueue) run(ctx context.Context) {
+	for {
+		select {
+		case job := <-q.jobs:
+			job()
+		case <-ctx.Done():
+			// drain what was queued so wait() returns
 			for {
 				select {
-				case job := <-q:
+				case job := <-q.jobs:
 					job()
-				case <-ctx.Done():
-					// drain what was queued so wait() returns
-					for {
-						select {
-						case job := <-q:
-							job()
-						default:
-							return
-						}
-					}
+				default:
+					return
 				}
 			}
-		}()
+		}
 	}
-	s.queuesMu.Unlock()
-	q <- job
 }
 
 // wait waits for commands still running when the session ends.

@@ -139,6 +139,9 @@ func startOurs(bin string, wait bool) *agent {
 	_ = os.WriteFile(filepath.Join(dir, "none.hcl"), nil, 0o600)
 	a.cmd = exec.Command(filepath.Join(bin, "guest-agent"), "run", "-m", "unix-listen", "-p", a.socket,
 		"-t", filepath.Join(dir, "state"), "-c", filepath.Join(dir, "none.hcl"))
+	if os.Getenv("BENCH_AGENT_LOG") != "" {
+		a.cmd.Stderr = os.Stderr
+	}
 	if err := a.cmd.Start(); err != nil {
 		fail(err)
 	}

@@ -52,6 +52,9 @@ type Limits struct {
 	MaxSessions int64 `hcl:"max_sessions,optional"`
 	// MaxInFlight bounds concurrent commands per session.
 	MaxInFlight int64 `hcl:"max_in_flight,optional"`
+	// ReadAheadMaxBytes bounds the result a session reads ahead of the host
+	// (guest-file-read); 0: 4 MiB, negative: no read-ahead.
+	ReadAheadMaxBytes int64 `hcl:"read_ahead_max_bytes,optional"`
 }
 
 // Channel pairs an exchange method with a parser dialect.

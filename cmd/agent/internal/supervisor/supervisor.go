@@ -659,7 +659,7 @@ func (s *Supervisor) limits() *pb.Limits {
 		return &pb.Limits{}
 	}
 	d, _ := l.Timeout()
-	return &pb.Limits{MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(), MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight}
+	return &pb.Limits{MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(), MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight, ReadAheadMaxBytes: l.ReadAheadMaxBytes}
 }
 
 func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
