@@ -157,8 +157,13 @@ func (c *Client) fail(err error) {
 	pending := c.pending
 	c.pending = nil
 	for _, a := range c.aheads {
-		a.err = err
-		close(a.ready)
+		select {
+		case <-a.ready: // answered: its results stand, its claims fail
+			a.final = true
+		default:
+			a.err = err
+			close(a.ready)
+		}
 	}
 	c.aheads = nil
 	c.mu.Unlock()

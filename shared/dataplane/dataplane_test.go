@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"testing"
+	"time"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/hashicorp/go-hclog"
@@ -62,7 +63,14 @@ func TestConnectionLostFailsPending(t *testing.T) {
 		_, err := c.Call(context.Background(), &pb.RunRequest{Command: "slow"})
 		errc <- err
 	}()
-	for len(c.pending) == 0 {
+	for {
+		c.mu.Lock()
+		n := len(c.pending)
+		c.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
 	}
 	c.conn.(*net.UnixConn).CloseRead()
 	err = <-errc
