@@ -58,3 +58,52 @@ func BenchmarkDecodeBase64Strict(b *testing.B) {
 		}
 	}
 }
+
+func TestEncodeBase64Small(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	for n := 0; n < 200; n++ {
+		src := make([]byte, n)
+		rng.Read(src)
+		got := make([]byte, base64.StdEncoding.EncodedLen(n))
+		encodeBase64(got, src)
+		if want := base64.StdEncoding.EncodeToString(src); string(got) != want {
+			t.Fatalf("%d bytes: %q, want %q", n, got, want)
+		}
+	}
+}
+
+func BenchmarkEncodeBase64OneCore(b *testing.B) {
+	src := make([]byte, 1<<20)
+	dst := make([]byte, base64.StdEncoding.EncodedLen(len(src)))
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		encodeBase64(dst, src)
+	}
+}
+
+// The fast decoder agrees with encoding/base64 on every input, valid or not.
+func FuzzDecodeBase64Strict(f *testing.F) {
+	for _, s := range []string{"", "QUJD", "QUJDRA==", "QUJDREVGR0g=", "QUJD\nREVG", "QU=D", "QUJDREVGR0hJ*", "QUJDREVGR0hJSktM"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, text []byte) {
+		want := make([]byte, base64.StdEncoding.DecodedLen(len(text))+8)
+		got := make([]byte, len(want))
+		wn, werr := base64.StdEncoding.Strict().Decode(want, text)
+		gn, gerr := decodeBase64Strict(got, text)
+		if (werr == nil) != (gerr == nil) || (werr == nil && !bytes.Equal(want[:wn], got[:gn])) {
+			t.Fatalf("%q: got %d %v, encoding/base64 %d %v", text, gn, gerr, wn, werr)
+		}
+	})
+}
+
+func BenchmarkDecodeBase64OneCore(b *testing.B) {
+	text := []byte(base64.StdEncoding.EncodeToString(make([]byte, 1<<20)))
+	dst := make([]byte, len(text))
+	b.SetBytes(1 << 20)
+	for i := 0; i < b.N; i++ {
+		if _, err := decodeBase64Strict(dst, text); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -281,8 +281,7 @@ func ServeCommands(p *CommandPlugin) {
 		// run, write a frame). With one P a goroutine handing work to
 		// another keeps running on the same thread; with several, each
 		// hand-off wakes another thread, which on a small VM costs more
-		// than the step (make bench: file transfers 20-40 % faster). The
-		// parser keeps every P: there it hurt the ping's tail latency.
+		// than the step (make bench: file transfers 20-40 % faster).
 		// GOMAXPROCS in the environment overrides it.
 		runtime.GOMAXPROCS(1)
 	}

@@ -111,7 +111,7 @@ func (b *aheadBatch) encode() [][]byte {
 	for i, blob := range b.blobs {
 		if len(blob) > 0 {
 			texts[i] = b.session.e.textPool.Get(base64.StdEncoding.EncodedLen(len(blob)))
-			base64.StdEncoding.Encode(texts[i], blob)
+			encodeBase64(texts[i], blob)
 		}
 	}
 	return texts
