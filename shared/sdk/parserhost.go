@@ -46,8 +46,10 @@ const (
 	DefaultCommandTimeout  = 10 * time.Minute
 	DefaultMaxSessions     = 64
 	DefaultMaxInFlight     = 64
-	// DefaultReadAheadMax bounds what a session reads ahead: the result
-	// and its base64 text stay in the parser until the host asks.
+	// DefaultReadAheadMax bounds one read-ahead batch of a session (two
+	// may be in flight): the data and its base64 text stay in the parser
+	// until the host asks. Larger batches only add to the host's wait
+	// when one is late (make bench).
 	DefaultReadAheadMax     = 1 << 20
 	pluginRestartWaitBudget = 10 * time.Second
 )

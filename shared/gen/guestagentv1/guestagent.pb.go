@@ -1430,7 +1430,7 @@ type Limits struct {
 	MaxInFlight      int64                  `protobuf:"varint,4,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`                // concurrent requests per session
 	// Added in 1.1. Bytes one read-ahead run of a session may return
 	// (CommandSpec.read_ahead); a session holds at most two runs. 0: the
-	// default (4 MiB), negative: no read-ahead.
+	// default (1 MiB), negative: no read-ahead.
 	ReadAheadMaxBytes int64 `protobuf:"varint,5,opt,name=read_ahead_max_bytes,json=readAheadMaxBytes,proto3" json:"read_ahead_max_bytes,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

@@ -53,7 +53,7 @@ type Limits struct {
 	// MaxInFlight bounds concurrent commands per session.
 	MaxInFlight int64 `hcl:"max_in_flight,optional"`
 	// ReadAheadMaxBytes bounds the result a session reads ahead of the host
-	// (guest-file-read); 0: 4 MiB, negative: no read-ahead.
+	// (guest-file-read); 0: 1 MiB, negative: no read-ahead.
 	ReadAheadMaxBytes int64 `hcl:"read_ahead_max_bytes,optional"`
 }
 
