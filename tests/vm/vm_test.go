@@ -204,7 +204,9 @@ func TestVMVirtioSerial(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 
-	out, err := guestctl(t, vm.socket, "info")
+	// On a first boot guest-info waits until every command plugin has been
+	// asked what it serves (under TCG that takes seconds): a longer timeout.
+	out, err := guestctl(t, vm.socket, "--timeout", "60s", "info")
 	if err != nil || !strings.Contains(out, "guest-sync-delimited") || !strings.Contains(out, "guest-ping") {
 		t.Fatalf("info: %v\n%s", err, out)
 	}
@@ -281,6 +283,10 @@ func TestVMVirtioSerial(t *testing.T) {
 	if !strings.Contains(procs, "parser-json") || !strings.Contains(procs, "exchange-virtio") {
 		t.Fatalf("the parser and the exchange should run in the guest:\n%s", procs)
 	}
+
+	copyStart := time.Now()
+	t.Run("file copy", func(t *testing.T) { checkFileCopy(t, vm) })
+	t.Logf("file copy took %s", time.Since(copyStart).Round(time.Millisecond))
 
 	fsfreezeStart := time.Now()
 	t.Run("fsfreeze", func(t *testing.T) { checkFsfreeze(t, vm) })
