@@ -98,6 +98,9 @@ type ParserEngine struct {
 	logger hclog.Logger
 
 	frozen atomic.Bool
+	// frozenFlag persists frozen in the state directory ("" until
+	// configured), so a restarted parser refuses what it must at once.
+	frozenFlag string
 	// textPool recycles the base64 text of read-ahead results.
 	textPool dataplane.BufferPool
 
@@ -210,6 +213,9 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		e.host = pb.NewHostClient(conn)
 	}
 	e.cfg, e.routes, e.limits = req, routes, lim
+	if e.frozenFlag == "" && req.StateDir != "" {
+		e.loadFrozen(filepath.Join(req.StateDir, frozenFlagFile))
+	}
 	switch {
 	case req.RoutesPending && e.routesReady == nil:
 		e.routesReady = make(chan struct{})
@@ -676,9 +682,9 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 	}
 	switch resp.FreezeState {
 	case pb.FreezeState_FREEZE_STATE_FROZEN:
-		d.e.frozen.Store(true)
+		d.e.setFrozen(true)
 	case pb.FreezeState_FREEZE_STATE_THAWED:
-		d.e.frozen.Store(false)
+		d.e.setFrozen(false)
 	}
 	if resp.Error != nil {
 		o.Done()
@@ -707,6 +713,48 @@ func argsObject(args json.RawMessage) []byte {
 		return []byte("{}")
 	}
 	return args
+}
+
+// frozenFlagFile, in the parser's state directory, exists while the guest's
+// filesystems are frozen. The command plugin that froze them keeps its own
+// state (cmd-system: qemu-ga's qga.state.isfrozen); this copy is what lets a
+// parser restarted meanwhile (crash, agent restart) keep refusing commands
+// that are not allowed while frozen, as a restarted qemu-ga does, without
+// waiting for the next guest-fsfreeze-status.
+const frozenFlagFile = "frozen"
+
+func (e *ParserEngine) loadFrozen(path string) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		e.logger.Warn("no state directory: a restarted parser would not know the guest is frozen", "error", err)
+		return
+	}
+	e.frozenFlag = path
+	if _, err := os.Stat(path); err == nil {
+		e.frozen.Store(true)
+		e.logger.Warn("the guest's filesystems were left frozen: only the commands allowed while frozen run until a thaw", "flag", path)
+	}
+}
+
+// setFrozen records a freeze or a thaw reported by a command plugin.
+func (e *ParserEngine) setFrozen(frozen bool) {
+	if e.frozen.Swap(frozen) == frozen {
+		return
+	}
+	e.mu.RLock()
+	path := e.frozenFlag
+	e.mu.RUnlock()
+	if path == "" {
+		return
+	}
+	var err error
+	if frozen {
+		err = os.WriteFile(path, nil, 0o600)
+	} else if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	if err != nil {
+		e.logger.Warn("frozen flag not recorded: a restarted parser would not know", "flag", path, "error", err)
+	}
 }
 
 // servesDialect tells whether a routed command belongs on a channel of the

@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/guest-agent/guest-agent/tests/harness"
+)
+
+// loopFS mounts a fresh ext4 image and returns its mountpoint; cleanup thaws
+// it (whatever the test left) and unmounts it.
+func loopFS(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a loop device")
+	}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 (e2fsprogs): %v: %s", err, out)
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount -o loop: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("fsfreeze", "--unfreeze", mnt).Run() // EINVAL when not frozen
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+// The guest frozen, then the parser killed, then the whole agent restarted:
+// each time the commands that are not allowed while frozen stay refused, as
+// with a restarted qemu-ga, until guest-fsfreeze-thaw.
+func TestFrozenStateSurvivesRestarts(t *testing.T) {
+	mnt := loopFS(t)
+	state := filepath.Join(harness.ShortTempDir(t), "state")
+	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state})
+	c := harness.MustDial(t, a.Socket)
+	var n int
+	decodeReturn(t, call(t, c, fmt.Sprintf(`{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":[%q]}}`, mnt)), &n)
+	if n != 1 {
+		t.Fatalf("froze %d filesystems, want 1", n)
+	}
+	t.Cleanup(func() { _ = exec.Command("fsfreeze", "--unfreeze", mnt).Run() })
+	open := fmt.Sprintf(`{"execute":"guest-file-open","arguments":{"path":%q,"mode":"r"}}`, "/etc/hostname")
+	refused := "Command guest-file-open has been disabled: the agent is in frozen state"
+	expectError(t, call(t, c, open), "CommandNotFound", refused)
+
+	parser := 0
+	for _, pid := range harness.Children(a.Cmd.Process.Pid) {
+		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-parser-json") {
+			parser = pid
+		}
+	}
+	if parser == 0 {
+		t.Fatal("no parser")
+	}
+	if err := syscall.Kill(parser, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitForPing(t, a.Socket, 10*time.Second)
+	c = harness.MustDial(t, a.Socket)
+	expectError(t, call(t, c, open), "CommandNotFound", refused)
+
+	a.Stop(t)
+	a = harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state})
+	c = harness.MustDial(t, a.Socket)
+	expectError(t, call(t, c, open), "CommandNotFound", refused)
+	var status string
+	decodeReturn(t, call(t, c, `{"execute":"guest-fsfreeze-status"}`), &status)
+	if status != "frozen" {
+		t.Fatalf("status after the restart: %q", status)
+	}
+	decodeReturn(t, call(t, c, `{"execute":"guest-fsfreeze-thaw"}`), &n)
+	if n != 1 {
+		t.Fatalf("thawed %d filesystems, want 1", n)
+	}
+	var h int64
+	decodeReturn(t, call(t, c, open), &h)
+}
