@@ -5,8 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,18 +56,7 @@ func TestFrozenStateSurvivesRestarts(t *testing.T) {
 	refused := "Command guest-file-open has been disabled: the agent is in frozen state"
 	expectError(t, call(t, c, open), "CommandNotFound", refused)
 
-	parser := 0
-	for _, pid := range harness.Children(a.Cmd.Process.Pid) {
-		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-parser-json") {
-			parser = pid
-		}
-	}
-	if parser == 0 {
-		t.Fatal("no parser")
-	}
-	if err := syscall.Kill(parser, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	killAndReap(t, onePluginProc(t, a.Cmd.Process.Pid, "parser-json"))
 	harness.WaitForPing(t, a.Socket, 10*time.Second)
 	c = harness.MustDial(t, a.Socket)
 	expectError(t, call(t, c, open), "CommandNotFound", refused)

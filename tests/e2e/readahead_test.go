@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -266,18 +265,7 @@ func TestReadAheadParserKilled(t *testing.T) {
 		expectBytes(t, c, h, data, i*4096, 4096)
 	}
 	waitPosition(t, a, path, func(p int64) bool { return p > 3*4096 }, "beyond 12288 (read ahead)")
-	parser := 0
-	for _, pid := range harness.Children(a.Cmd.Process.Pid) {
-		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-parser-json") {
-			parser = pid
-		}
-	}
-	if parser == 0 {
-		t.Fatal("no parser")
-	}
-	if err := syscall.Kill(parser, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	killAndReap(t, onePluginProc(t, a.Cmd.Process.Pid, "parser-json"))
 	harness.WaitForPing(t, a.Socket, 10*time.Second)
 	c2 := harness.MustDial(t, a.Socket)
 	expectError(t, call(t, c2, fmt.Sprintf(`{"execute":"guest-file-read","arguments":{"handle":%d,"count":4096}}`, h)), "GenericError",
