@@ -274,3 +274,89 @@ func TestReadAheadParserKilled(t *testing.T) {
 	h2 := openHandle(t, c2, path, "r")
 	expectBytes(t, c2, h2, data, 0, 4096)
 }
+
+// TestReadAheadRandomOperations runs a seeded random mix of reads (runs of
+// the same count, so batches form), seeks, writes, reconnects and reopens
+// from two sessions on one handle, and checks every reply against a model of
+// the file and its position: whatever read-ahead does underneath, the host
+// must see plain sequential file semantics.
+func TestReadAheadRandomOperations(t *testing.T) {
+	a := startAgent(t)
+	path, initial := writeTestFile(t, 2<<20)
+	model := append([]byte(nil), initial...)
+	pos := 0
+	rng := rand.New(rand.NewSource(42))
+
+	conns := [2]*harness.Conn{harness.MustDial(t, a.Socket), harness.MustDial(t, a.Socket)}
+	h := openHandle(t, conns[0], path, "r+")
+	counts := []int{1, 100, 4096, 4096, 4096, 65536, 65536, 200000}
+	for step := 0; step < 400; step++ {
+		c := conns[0]
+		if rng.Intn(10) < 3 {
+			c = conns[1]
+		}
+		switch op := rng.Intn(100); {
+		case op < 70: // a run of reads of one count
+			count := counts[rng.Intn(len(counts))]
+			for n := 1 + rng.Intn(6); n > 0; n-- {
+				r := readChunk(t, c, h, count)
+				end := min(pos+count, len(model))
+				if got := chunkBytes(t, r); !bytes.Equal(got, model[pos:end]) {
+					t.Fatalf("step %d: read %d at %d: %d bytes that differ from the model's %d", step, count, pos, len(got), end-pos)
+				}
+				if wantEOF := pos+count > len(model); r.EOF != wantEOF {
+					t.Fatalf("step %d: read %d at %d of %d: eof %v", step, count, pos, len(model), r.EOF)
+				}
+				pos = end
+			}
+		case op < 82: // seek
+			var offset int
+			whence := []string{"set", "cur", "end"}[rng.Intn(3)]
+			switch whence {
+			case "set":
+				offset = rng.Intn(len(model) + 1)
+				pos = offset
+			case "cur":
+				offset = rng.Intn(len(model)+1) - pos
+				pos += offset
+			case "end":
+				offset = -rng.Intn(len(model) + 1)
+				pos = len(model) + offset
+			}
+			var s struct {
+				Position int `json:"position"`
+			}
+			decodeReturn(t, call(t, c, fmt.Sprintf(`{"execute":"guest-file-seek","arguments":{"handle":%d,"offset":%d,"whence":%q}}`, h, offset, whence)), &s)
+			if s.Position != pos {
+				t.Fatalf("step %d: seek %s %d: position %d, model %d", step, whence, offset, s.Position, pos)
+			}
+		case op < 92: // write
+			buf := make([]byte, 1+rng.Intn(5000))
+			rng.Read(buf)
+			var w struct {
+				Count int `json:"count"`
+			}
+			decodeReturn(t, call(t, c, fmt.Sprintf(`{"execute":"guest-file-write","arguments":{"handle":%d,"buf-b64":%q}}`, h, base64.StdEncoding.EncodeToString(buf))), &w)
+			if w.Count != len(buf) {
+				t.Fatalf("step %d: wrote %d of %d", step, w.Count, len(buf))
+			}
+			if pos+len(buf) > len(model) {
+				model = append(model, make([]byte, pos+len(buf)-len(model))...)
+			}
+			copy(model[pos:], buf)
+			pos += len(buf)
+		case op < 97: // the host reconnects
+			i := rng.Intn(2)
+			conns[i].Close()
+			conns[i] = harness.MustDial(t, a.Socket)
+		default: // close and open again
+			call(t, c, fmt.Sprintf(`{"execute":"guest-file-close","arguments":{"handle":%d}}`, h))
+			h = openHandle(t, c, path, "r+")
+			pos = 0
+		}
+	}
+	call(t, conns[0], fmt.Sprintf(`{"execute":"guest-file-close","arguments":{"handle":%d}}`, h))
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, model) {
+		t.Fatalf("the file (%d bytes) differs from the model (%d bytes)", len(got), len(model))
+	}
+}
