@@ -118,9 +118,10 @@ type CommandPlugin struct {
 	Health func() error
 	Logger hclog.Logger
 
-	once  sync.Once
-	index map[string]*Command
-	pool  dataplane.BufferPool
+	once   sync.Once
+	index  map[string]*Command
+	pool   dataplane.BufferPool
+	memory memoryReturner
 }
 
 func (p *CommandPlugin) init() {
@@ -169,6 +170,9 @@ const maxReadAheadRuns = 64
 // serveDataplane runs a data plane request; buffers from AllocBlob are
 // recycled once the response is written.
 func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
+	if len(req.Blob) >= bulkSize {
+		p.memory.bulkDone()
+	}
 	if req.ReadAhead != 0 {
 		return p.serveReadAhead(ctx, req)
 	}
@@ -181,6 +185,9 @@ func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) 
 
 func (p *CommandPlugin) recycle(call *Call) {
 	for _, b := range call.pooled {
+		if len(b) >= bulkSize {
+			p.memory.bulkDone()
+		}
 		p.pool.Put(b)
 	}
 }

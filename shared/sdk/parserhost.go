@@ -103,6 +103,7 @@ type ParserEngine struct {
 	frozenFlag string
 	// textPool recycles the base64 text of read-ahead results.
 	textPool dataplane.BufferPool
+	memory   memoryReturner
 
 	mu        sync.RWMutex
 	cfg       *pb.ConfigureParserRequest
@@ -699,6 +700,9 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 		if o.Blob == nil {
 			o.Blob = []byte{}
 		}
+	}
+	if len(o.Blob) >= bulkSize || len(req.Blob) >= bulkSize {
+		d.e.memory.bulkDone()
 	}
 	if d.readAhead && spec.GetReadAhead() && resp.More {
 		blobSize := len(o.Blob)
