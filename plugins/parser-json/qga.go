@@ -31,7 +31,7 @@ func (*qgaDialect) Name() string { return "qga" }
 const readBufSize = 256 << 10
 
 func (q *qgaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) error {
-	sp := &splitter{max: s.MaxRequestBytes()}
+	sp := &splitter{max: s.MaxRequestBytes(), pool: &q.buffers}
 	buf := make([]byte, readBufSize)
 	for {
 		n, err := s.Read(buf)
@@ -77,6 +77,9 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 	req, errReply := decodeRequest(value)
 	if errReply != nil {
 		writeReply(s, errReply)
+		if owned {
+			q.buffers.Put(value)
+		}
 		return
 	}
 	// A small request's buffer is reused by the splitter: keep what we need.
@@ -98,6 +101,9 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 		o.Done()
 		writeReply(s, reply)
 		q.buffers.Put(reply)
+		if owned {
+			q.buffers.Put(value) // nothing refers to the request any more
+		}
 	})
 }
 

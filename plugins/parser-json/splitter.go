@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
+
+	"github.com/guest-agent/guest-agent/shared/dataplane"
 )
 
 // resyncByte is qemu-ga's delimiter: a host writes 0xFF to make the agent
@@ -15,6 +17,10 @@ const resyncByte = 0xFF
 // dialect does that on the complete value.
 type splitter struct {
 	max int64 // largest request kept; bigger ones are skipped and reported
+	// pool, when set, provides the buffers of large values: a megabyte
+	// write arrives in pieces and would otherwise leave every size it grew
+	// through as garbage.
+	pool *dataplane.BufferPool
 
 	cur      []byte // the value being collected
 	started  bool
@@ -28,7 +34,8 @@ type splitter struct {
 
 // emit receives one complete value, or a non-empty problem for a value that
 // cannot be handled (too large). The value is only valid during the call
-// unless owned is true: large values are handed over rather than copied.
+// unless owned is true: large values are handed over rather than copied (and
+// may go back to the splitter's pool once used).
 type emitFunc func(value []byte, owned bool, problem string)
 
 // handOver is the size from which a value's buffer is given to the consumer
@@ -40,7 +47,8 @@ func (s *splitter) reset() {
 	s.started, s.inString, s.escape, s.scalar, s.skipping = false, false, false, false, false
 	s.depth, s.size = 0, 0
 	if cap(s.cur) > handOver {
-		s.cur = nil // do not pin a large request's buffer
+		s.pool.Put(s.cur) // do not pin a large request's buffer
+		s.cur = nil
 	}
 }
 
@@ -69,6 +77,12 @@ func (s *splitter) keep(b []byte) {
 		s.skipping = true
 		s.cur = s.cur[:0]
 		return
+	}
+	if need := len(s.cur) + len(b); need > cap(s.cur) && need >= handOver {
+		grown := s.pool.Get(max(need, 2*cap(s.cur)))[:len(s.cur)]
+		copy(grown, s.cur)
+		s.pool.Put(s.cur)
+		s.cur = grown
 	}
 	s.cur = append(s.cur, b...)
 }

@@ -101,8 +101,10 @@ type ParserEngine struct {
 	// frozenFlag persists frozen in the state directory ("" until
 	// configured), so a restarted parser refuses what it must at once.
 	frozenFlag string
-	// textPool recycles the base64 text of read-ahead results.
+	// textPool recycles the base64 text of read-ahead results, blobPool
+	// the decoded data of requests (guest-file-write).
 	textPool dataplane.BufferPool
+	blobPool dataplane.BufferPool
 	memory   memoryReturner
 
 	mu        sync.RWMutex
@@ -650,7 +652,7 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 	}
 	req := &pb.RunRequest{Command: command, ArgsJson: argsObject(args), Caller: d.caller}
 	if spec.GetBlobArg() != "" {
-		if o := extractBlobArg(req, spec.BlobArg); o != nil {
+		if o := extractBlobArg(req, spec.BlobArg, &d.e.blobPool); o != nil {
 			return o, nil
 		}
 	}
@@ -673,6 +675,9 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 		var err error
 		req.DeadlineUnixNano = time.Now().Add(timeout).UnixNano()
 		resp, release, err = d.e.call(ctx, route.Plugin, req)
+		if spec.GetBlobArg() != "" {
+			d.e.blobPool.Put(req.Blob) // written to the plugin by now
+		}
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return errOutcome(ClassGenericError, "command %s timed out after %s", command, timeout), nil
@@ -828,7 +833,7 @@ func (d *dispatcher) core(command string, args json.RawMessage) *Outcome {
 // decoded strictly, so the command plugin receives raw bytes. The member is
 // left in the arguments as an empty string, so the plugin still tells a
 // missing argument from an empty one.
-func extractBlobArg(req *pb.RunRequest, member string) *Outcome {
+func extractBlobArg(req *pb.RunRequest, member string, pool *dataplane.BufferPool) *Outcome {
 	members, err := SplitObject(req.ArgsJson)
 	if err != nil {
 		return errOutcome(ClassGenericError, "QMP input member 'arguments' must be an object")
@@ -846,9 +851,10 @@ func extractBlobArg(req *pb.RunRequest, member string) *Outcome {
 	if !ok {
 		return errOutcome(ClassGenericError, "Invalid parameter type for '%s', expected: string", member)
 	}
-	blob := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
+	blob := pool.Get(base64.StdEncoding.DecodedLen(len(text)))
 	n, err := DecodeBase64Strict(blob, text)
 	if err != nil {
+		pool.Put(blob)
 		return errOutcome(ClassGenericError, "Base64 data contains invalid characters")
 	}
 	// Rebuild the (small) rest of the arguments around an empty string.

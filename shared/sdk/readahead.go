@@ -222,7 +222,8 @@ func (d *dispatcher) readOn(plugin, key, blobField string, req *pb.RunRequest, b
 	if runs < 1 {
 		return
 	}
-	run := &pb.RunRequest{Command: req.Command, ArgsJson: req.ArgsJson, Caller: req.Caller}
+	// A copy: the request's own buffer may go back to a pool.
+	run := &pb.RunRequest{Command: req.Command, ArgsJson: append([]byte(nil), req.ArgsJson...), Caller: req.Caller}
 	d.startAhead(client, plugin, key, blobField, run, runs, after)
 }
 
