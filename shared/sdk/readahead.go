@@ -101,8 +101,7 @@ func (d *dispatcher) extend(b *aheadBatch) {
 	d.startAhead(b.client, b.plugin, b.key, b.blobField, b.req, b.runs, b)
 }
 
-// encode base64-encodes every blob. On one core only: this runs while the
-// host decodes the last reply, and that host needs the other.
+// encode base64-encodes every blob, while the host decodes the last reply.
 func (b *aheadBatch) encode() [][]byte {
 	texts := make([][]byte, len(b.blobs))
 	if b.blobField == "" {
@@ -111,7 +110,7 @@ func (b *aheadBatch) encode() [][]byte {
 	for i, blob := range b.blobs {
 		if len(blob) > 0 {
 			texts[i] = b.session.e.textPool.Get(base64.StdEncoding.EncodedLen(len(blob)))
-			encodeBase64(texts[i], blob)
+			EncodeBase64(texts[i], blob)
 		}
 	}
 	return texts
