@@ -89,13 +89,15 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 	}
 	delimited := req.execute == "guest-sync-delimited"
 	s.Go(ctx, req.execute, args, func(o *sdk.Outcome) {
-		if head, tail, ok := encodeAroundText(o, id, delimited); ok {
+		if o.BlobText != nil {
 			// Read-ahead encoded the data already: write it where it is.
-			if _, err := s.WriteBuffers(net.Buffers{head, o.BlobText, tail}); err != nil {
-				s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
+			if head, tail, ok := blobReplyParts(o, id, delimited); ok {
+				if _, err := s.WriteBuffers(net.Buffers{head, o.BlobText, tail}); err != nil {
+					s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
+				}
+				o.Done()
+				return
 			}
-			o.Done()
-			return
 		}
 		reply := encodeOutcome(o, id, delimited, q.buffers.Get)
 		o.Done()
@@ -214,61 +216,60 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 	if o.NoResponse {
 		return nil
 	}
-	result := o.Result
-	if len(result) == 0 {
-		result = json.RawMessage("{}")
+	if alloc == nil {
+		alloc = func(n int) []byte { return make([]byte, n) }
 	}
-	size := len(result) + len(id) + 32
-	if o.BlobText != nil {
-		size += len(o.BlobText) + len(o.BlobField) + 8
-	} else if o.Blob != nil {
-		size += base64.StdEncoding.EncodedLen(len(o.Blob)) + len(o.BlobField) + 8
-	}
-	var out []byte
-	if alloc != nil {
-		out = alloc(size)[:0]
-	} else {
-		out = make([]byte, 0, size)
-	}
-	if delimited {
-		out = append(out, resyncByte)
-	}
-	out = append(out, `{"return": `...)
-	if (o.Blob != nil || o.BlobText != nil) && len(result) > 0 && result[0] == '{' {
-		// Encode the bulk data straight into the reply: one pass, no
+	if head, tail, ok := blobReplyParts(o, id, delimited); ok {
+		// The bulk data goes straight into the reply: one pass, no
 		// intermediate string (or a copy of what read-ahead encoded).
-		out = append(out, '{')
-		out = strconv.AppendQuote(out, o.BlobField)
-		out = append(out, `: "`...)
+		textLen := len(o.BlobText)
+		if o.BlobText == nil {
+			textLen = base64.StdEncoding.EncodedLen(len(o.Blob))
+		}
+		out := append(alloc(len(head) + textLen + len(tail))[:0], head...)
 		if o.BlobText != nil {
 			out = append(out, o.BlobText...)
 		} else {
 			n := len(out)
-			out = out[:n+base64.StdEncoding.EncodedLen(len(o.Blob))]
+			out = out[:n+textLen]
 			sdk.EncodeBase64(out[n:], o.Blob)
 		}
-		out = append(out, '"')
-		rest := bytes.TrimSpace(result[1:])
-		if len(rest) > 0 && rest[0] != '}' {
-			out = append(out, ", "...)
-		}
-		out = append(out, rest...)
-	} else {
-		out = append(out, result...)
+		return append(out, tail...)
 	}
+	result := resultOf(o)
+	out := alloc(len(result) + len(id) + 32)[:0]
+	if delimited {
+		out = append(out, resyncByte)
+	}
+	out = append(out, `{"return": `...)
+	out = append(out, result...)
+	return appendEnd(out, id)
+}
+
+// resultOf is the outcome's return value, "{}" when it has none.
+func resultOf(o *sdk.Outcome) json.RawMessage {
+	if len(o.Result) == 0 {
+		return json.RawMessage("{}")
+	}
+	return o.Result
+}
+
+// appendEnd closes a reply: its id, if the request had one, and the line.
+func appendEnd(out []byte, id json.RawMessage) []byte {
 	if id != nil {
 		out = append(out, `, "id": `...)
 		out = append(out, id...)
 	}
-	out = append(out, "}\n"...)
-	return out
+	return append(out, "}\n"...)
 }
 
-// encodeAroundText renders the reply of an outcome whose blob read-ahead has
-// already encoded (Outcome.BlobText) as the bytes before and after the text,
-// so the text is written from where it is. ok is false for other outcomes.
-func encodeAroundText(o *sdk.Outcome, id json.RawMessage, delimited bool) (head, tail []byte, ok bool) {
-	if o.Err != nil || o.NoResponse || o.BlobText == nil || len(o.Result) == 0 || o.Result[0] != '{' {
+// blobReplyParts renders the reply of a successful outcome that carries bulk
+// data (Outcome.Blob or, encoded by read-ahead, Outcome.BlobText) as the
+// bytes before and after the data's base64 text, which goes into the result
+// object as member BlobField. ok is false for any other outcome.
+func blobReplyParts(o *sdk.Outcome, id json.RawMessage, delimited bool) (head, tail []byte, ok bool) {
+	result := resultOf(o)
+	if o.Err != nil || o.NoResponse || (o.Blob == nil && o.BlobText == nil) || result[0] != '{' {
 		return nil, nil, false
 	}
 	head = make([]byte, 0, 32+len(o.BlobField))
@@ -278,20 +279,13 @@ func encodeAroundText(o *sdk.Outcome, id json.RawMessage, delimited bool) (head,
 	head = append(head, `{"return": {`...)
 	head = strconv.AppendQuote(head, o.BlobField)
 	head = append(head, `: "`...)
-	tail = make([]byte, 0, len(o.Result)+len(id)+16)
+	tail = make([]byte, 0, len(result)+len(id)+16)
 	tail = append(tail, '"')
-	if rest := bytes.TrimSpace(o.Result[1:]); len(rest) > 0 && rest[0] != '}' {
+	if rest := bytes.TrimSpace(result[1:]); len(rest) > 0 && rest[0] != '}' {
 		tail = append(tail, ", "...)
-		tail = append(tail, rest...)
-	} else {
-		tail = append(tail, '}')
 	}
-	if id != nil {
-		tail = append(tail, `, "id": `...)
-		tail = append(tail, id...)
-	}
-	tail = append(tail, "}\n"...)
-	return head, tail, true
+	tail = append(tail, bytes.TrimSpace(result[1:])...)
+	return head, appendEnd(tail, id), true
 }
 
 func errorReply(id json.RawMessage, class, desc string, delimited bool) []byte {
