@@ -100,12 +100,17 @@ func (c *Client) Call(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse,
 
 // send writes one frame: req's header and its blob.
 func (c *Client) send(req *pb.RunRequest) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.sendLocked(req)
+}
+
+// sendLocked is send for a caller that holds c.wmu.
+func (c *Client) sendLocked(req *pb.RunRequest) error {
 	blob := req.Blob
 	req.Blob = nil
-	c.wmu.Lock()
 	var err error
 	c.wscratch, err = writeFrame(c.conn, req, [][]byte{blob}, c.wscratch)
-	c.wmu.Unlock()
 	req.Blob = blob
 	return err
 }

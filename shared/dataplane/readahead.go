@@ -77,8 +77,7 @@ func (c *Client) ReadAhead(req *pb.RunRequest, runs uint32, after *Ahead) *Ahead
 	c.mu.Unlock()
 
 	req.Id, req.ReadAhead, req.ReadAheadRuns = a.token, a.token, runs
-	var err error
-	c.wscratch, err = writeFrame(c.conn, req, nil, c.wscratch)
+	err := c.sendLocked(req)
 	req.ReadAhead, req.ReadAheadRuns, req.ReadAheadAfter = 0, 0, 0
 	if err != nil {
 		c.conn.Close() // the read loop fails every run, this one included

@@ -660,10 +660,8 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 	defer cancel()
 
 	var resp *pb.RunResponse
-	key := ""
 	if d.readAhead {
-		key = aheadKey(command, req.ArgsJson)
-		if b := d.takeAhead(route.Plugin, key); b != nil {
+		if b := d.takeAhead(route.Plugin, command, req.ArgsJson); b != nil {
 			var r *pb.ReadAheadResult
 			if o, r = d.claimAhead(ctx, b); o != nil {
 				resp = &pb.RunResponse{ResultJson: r.ResultJson, More: r.More}
@@ -711,7 +709,7 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 	}
 	if d.readAhead && spec.GetReadAhead() && resp.More {
 		blobSize := len(o.Blob)
-		next = func() { d.readOn(route.Plugin, key, spec.GetBlobResult(), req, blobSize, readAheadMax) }
+		next = func() { d.readOn(route.Plugin, spec.GetBlobResult(), req, blobSize, readAheadMax) }
 	}
 	return o, next
 }
@@ -1146,7 +1144,7 @@ func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMes
 	// The reply to a request a read-ahead run answers is ready: write it
 	// from here rather than wake another thread for it. Only when nothing
 	// of this plugin is queued before it, so the order holds.
-	if q.waiting.Load() == 0 && s.readAhead && s.peekAhead(aheadKey(command, argsObject(args))) {
+	if q.waiting.Load() == 0 && s.readAhead && s.peekAhead(command, argsObject(args)) {
 		run()
 		return
 	}

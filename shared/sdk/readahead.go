@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"sync/atomic"
@@ -25,13 +26,12 @@ const maxAheadRuns = 32
 
 // aheadBatch is one read-ahead run of a session.
 type aheadBatch struct {
-	key       string // the command and arguments it answers
 	plugin    string
 	blobField string
 	client    *dataplane.Client
 	run       *dataplane.Ahead
 	session   *dispatcher
-	req       *pb.RunRequest
+	req       *pb.RunRequest // what it runs, and answers
 	runs      int
 
 	prepared chan struct{} // closed when the fields below are set
@@ -44,15 +44,15 @@ type aheadBatch struct {
 	refs atomic.Int32 // the session's hold, prepare, and outcomes not done
 }
 
-// aheadKey identifies a request a read-ahead batch can answer.
-func aheadKey(command string, args []byte) string {
-	return command + "\x00" + string(args)
+// answers tells whether the batch answers a request for command with args.
+func (b *aheadBatch) answers(command string, args []byte) bool {
+	return b.req.Command == command && bytes.Equal(b.req.ArgsJson, args)
 }
 
 // startAhead sends a batch of runs of req, carrying on from after if not
 // nil. Call with d.aheadMu held.
-func (d *dispatcher) startAhead(client *dataplane.Client, plugin, key, blobField string, req *pb.RunRequest, runs int, after *aheadBatch) *aheadBatch {
-	b := &aheadBatch{key: key, plugin: plugin, blobField: blobField, client: client, session: d, req: req, runs: runs, prepared: make(chan struct{})}
+func (d *dispatcher) startAhead(client *dataplane.Client, plugin, blobField string, req *pb.RunRequest, runs int, after *aheadBatch) *aheadBatch {
+	b := &aheadBatch{plugin: plugin, blobField: blobField, client: client, session: d, req: req, runs: runs, prepared: make(chan struct{})}
 	b.refs.Store(2) // the session's and prepare's
 	var prev *dataplane.Ahead
 	if after != nil {
@@ -98,7 +98,7 @@ func (d *dispatcher) extend(b *aheadBatch) {
 	if d.closed || len(d.aheads) != 1 || d.aheads[0] != b || len(b.results) == 0 || !b.results[len(b.results)-1].More {
 		return
 	}
-	d.startAhead(b.client, b.plugin, b.key, b.blobField, b.req, b.runs, b)
+	d.startAhead(b.client, b.plugin, b.blobField, b.req, b.runs, b)
 }
 
 // encode base64-encodes every blob, while the host decodes the last reply.
@@ -143,17 +143,17 @@ func (b *aheadBatch) usable() bool {
 	return b.next < len(b.results) && b.results[b.next].Error == nil
 }
 
-// takeAhead returns the session's batch when it answers key, and gives up
+// takeAhead returns the session's batch when it answers the request, and gives up
 // the batches of the same plugin otherwise: the request about to go to the
 // plugin likely needs the state they changed, and settling now spares the
 // plugin asking.
-func (d *dispatcher) takeAhead(plugin, key string) *aheadBatch {
+func (d *dispatcher) takeAhead(plugin, command string, args []byte) *aheadBatch {
 	d.aheadMu.Lock()
 	defer d.aheadMu.Unlock()
 	if len(d.aheads) == 0 || d.aheads[0].plugin != plugin {
 		return nil
 	}
-	if d.aheads[0].key == key {
+	if d.aheads[0].answers(command, args) {
 		return d.aheads[0]
 	}
 	d.discardAheadsLocked()
@@ -189,10 +189,10 @@ func (d *dispatcher) claimAhead(ctx context.Context, b *aheadBatch) (*Outcome, *
 	return o, b.results[i]
 }
 
-// readOn keeps the session's read-ahead going after it answered key with a
+// readOn keeps the session's read-ahead going after it answered req with a
 // result of blobSize bytes that has more: a new batch when there is none,
 // the next one when only one is left and it is in (see extend).
-func (d *dispatcher) readOn(plugin, key, blobField string, req *pb.RunRequest, blobSize int, maxBytes int64) {
+func (d *dispatcher) readOn(plugin, blobField string, req *pb.RunRequest, blobSize int, maxBytes int64) {
 	d.aheadMu.Lock()
 	defer d.aheadMu.Unlock()
 	if d.closed {
@@ -203,7 +203,7 @@ func (d *dispatcher) readOn(plugin, key, blobField string, req *pb.RunRequest, b
 	case 0:
 	case 1:
 		head := d.aheads[0]
-		if head.key != key || !head.isPrepared() || len(head.results) == 0 || !head.results[len(head.results)-1].More {
+		if !head.answers(req.Command, req.ArgsJson) || !head.isPrepared() || len(head.results) == 0 || !head.results[len(head.results)-1].More {
 			return
 		}
 		after = head
@@ -223,25 +223,22 @@ func (d *dispatcher) readOn(plugin, key, blobField string, req *pb.RunRequest, b
 	}
 	// A copy: the request's own buffer may go back to a pool.
 	run := &pb.RunRequest{Command: req.Command, ArgsJson: append([]byte(nil), req.ArgsJson...), Caller: req.Caller}
-	d.startAhead(client, plugin, key, blobField, run, runs, after)
+	d.startAhead(client, plugin, blobField, run, runs, after)
 }
 
-// peekAhead tells whether the session can answer key from a prepared batch
-// at once.
-func (d *dispatcher) peekAhead(key string) bool {
+// peekAhead tells whether the session can answer a request for command with
+// args from a prepared batch at once.
+func (d *dispatcher) peekAhead(command string, args []byte) bool {
 	d.aheadMu.Lock()
 	defer d.aheadMu.Unlock()
-	return len(d.aheads) > 0 && d.aheads[0].key == key && d.aheads[0].isPrepared() && d.aheads[0].usable()
+	return len(d.aheads) > 0 && d.aheads[0].answers(command, args) && d.aheads[0].isPrepared() && d.aheads[0].usable()
 }
 
 // discardAheadsLocked gives up every batch: the plugin undoes what the host
 // did not get. Call with aheadMu held.
 func (d *dispatcher) discardAheadsLocked() {
-	if len(d.aheads) > 0 {
-		d.aheads[0].run.Release() // and the batches carrying on from it
-	}
 	for _, b := range d.aheads {
-		b.run.Release()
+		b.run.Release() // the first's release has settled the next already
 		b.unref()
 	}
 	d.aheads = nil
