@@ -26,10 +26,10 @@ var version = "dev"
 
 // flags are qemu-ga's, plus the plugin directory.
 type flags struct {
-	method, path, stateDir, pidFile, logFile, configPath, fsfreezeHook string
-	blockRPCs, allowRPCs                                               []string
-	pluginDirs                                                         []string
-	verbose, showVersion, dumpConf, retryPath                          bool
+	method, path, stateDir, runtimeDir, pidFile, logFile, configPath, fsfreezeHook string
+	blockRPCs, allowRPCs                                                           []string
+	pluginDirs                                                                     []string
+	verbose, showVersion, dumpConf, retryPath                                      bool
 }
 
 func main() {
@@ -52,6 +52,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVarP(&f.method, "method", "m", "", "transport method: virtio-serial, isa-serial, unix-listen, vsock-listen, xenstore (default virtio-serial)")
 	pf.StringVarP(&f.path, "path", "p", "", "device or socket path (default /dev/virtio-ports/org.qemu.guest_agent.0)")
 	pf.StringVarP(&f.stateDir, "statedir", "t", "", "state directory (default /var/lib/guest-agent)")
+	pf.StringVar(&f.runtimeDir, "runtime-dir", "", "runtime directory: plugin sockets, frozen flags (default /run/guest-agent; keep it on a tmpfs)")
 	pf.StringVarP(&f.pidFile, "pidfile", "f", "", "pid file")
 	pf.StringVarP(&f.logFile, "logfile", "l", "", "log file (default stderr)")
 	pf.StringVarP(&f.configPath, "config", "c", config.DefaultPath, "configuration file (HCL)")
@@ -100,8 +101,16 @@ func effectiveConfig(f *flags) (*config.Config, error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = "/var/lib/guest-agent"
 	}
-	if abs, err := filepath.Abs(cfg.StateDir); err == nil {
-		cfg.StateDir = abs
+	if f.runtimeDir != "" {
+		cfg.RuntimeDir = f.runtimeDir
+	}
+	if cfg.RuntimeDir == "" {
+		cfg.RuntimeDir = "/run/guest-agent"
+	}
+	for _, dir := range []*string{&cfg.StateDir, &cfg.RuntimeDir} {
+		if abs, err := filepath.Abs(*dir); err == nil {
+			*dir = abs
+		}
 	}
 	if f.pidFile != "" {
 		cfg.PidFile = f.pidFile

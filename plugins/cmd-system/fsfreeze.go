@@ -13,9 +13,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// frozenStateFile is qemu-ga's name for the flag file in its state
-// directory: present while the guest is frozen, so an agent restarted in
-// that state reports "frozen" and still thaws.
+// frozenStateFile is qemu-ga's name for the flag file: present while the
+// guest is frozen, so an agent restarted in that state reports "frozen" and
+// still thaws. It lives in the runtime directory, as qemu-ga's lives in
+// /var/run: a tmpfs, so recording a freeze never writes to a filesystem
+// being frozen, and a reboot (which thaws everything) removes it.
 const frozenStateFile = "qga.state.isfrozen"
 
 func (s *system) fsfreezeCommands() []sdk.Command {
@@ -44,6 +46,7 @@ func (s *system) fsfreezeCommands() []sdk.Command {
 			Description:        "Thaw all frozen filesystems; returns how many were thawed",
 			ArgsSchema:         `{"type":"object","additionalProperties":false}`,
 			AllowedWhileFrozen: true,
+			Thaws:              true,
 			Handler:            s.fsfreezeThaw,
 		},
 	}
@@ -57,13 +60,13 @@ const (
 )
 
 func (s *system) stateFilePath() string {
-	if s.stateDir == "" {
+	if s.runtimeDir == "" {
 		return ""
 	}
-	return filepath.Join(s.stateDir, frozenStateFile)
+	return filepath.Join(s.runtimeDir, frozenStateFile)
 }
 
-// loadFrozenState restores the frozen flag from the state directory, as
+// loadFrozenState restores the frozen flag from the runtime directory, as
 // qemu-ga does at start-up.
 func (s *system) loadFrozenState() error {
 	p := s.stateFilePath()

@@ -27,10 +27,10 @@ func TestFsfreezeRealFilesystem(t *testing.T) {
 	hookDir := t.TempDir()
 	hookLog := filepath.Join(hookDir, "hook.log")
 	hook := writeScript(t, filepath.Join(hookDir, "fsfreeze-hook"), `echo "$1" >> `+hookLog)
-	stateDir := t.TempDir()
+	runtimeDir := t.TempDir()
 
 	// Instance A reads the real mount table; freeze-list limits it to ours.
-	a := newTestPluginState(t, map[string]any{"fsfreeze_hook": hook}, stateDir)
+	a := newTestPluginState(t, map[string]any{"fsfreeze_hook": hook}, runtimeDir)
 	var st string
 	resp := a.ok("guest-fsfreeze-status", "", &st)
 	if st != "thawed" || resp.FreezeState != pb.FreezeState_FREEZE_STATE_THAWED {
@@ -44,7 +44,7 @@ func TestFsfreezeRealFilesystem(t *testing.T) {
 	if got := readLines(t, hookLog); !equalStrings(got, []string{"freeze"}) {
 		t.Fatalf("hook calls after freeze: %q", got)
 	}
-	if _, err := os.Stat(filepath.Join(stateDir, frozenStateFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(runtimeDir, frozenStateFile)); err != nil {
 		t.Fatalf("frozen state file: %v", err)
 	}
 	resp = a.ok("guest-fsfreeze-status", "", &st)
@@ -63,9 +63,9 @@ func TestFsfreezeRealFilesystem(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 
-	// Instance B stands for a restarted plugin: same state directory, and a
+	// Instance B stands for a restarted plugin: same runtime directory, and a
 	// mount table with only our filesystem, so its thaw touches nothing else.
-	b := newTestPluginState(t, map[string]any{"fsfreeze_hook": hook, "proc_root": fakeProc(t, fs.mountinfo)}, stateDir)
+	b := newTestPluginState(t, map[string]any{"fsfreeze_hook": hook, "proc_root": fakeProc(t, fs.mountinfo)}, runtimeDir)
 	resp = b.ok("guest-fsfreeze-status", "", &st)
 	if st != "frozen" || resp.FreezeState != pb.FreezeState_FREEZE_STATE_FROZEN {
 		t.Fatalf("restarted plugin's status: %q %v", st, resp.FreezeState)
@@ -86,7 +86,7 @@ func TestFsfreezeRealFilesystem(t *testing.T) {
 	if got := readLines(t, hookLog); !equalStrings(got, []string{"freeze", "thaw"}) {
 		t.Fatalf("hook calls: %q, want freeze then thaw", got)
 	}
-	if _, err := os.Stat(filepath.Join(stateDir, frozenStateFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(runtimeDir, frozenStateFile)); !os.IsNotExist(err) {
 		t.Fatalf("frozen state file still there after thaw: %v", err)
 	}
 	b.ok("guest-fsfreeze-status", "", &st)
@@ -148,7 +148,7 @@ func TestFsfreezeNothingMatched(t *testing.T) {
 	if st != "thawed" {
 		t.Fatalf("status: %q", st)
 	}
-	if _, err := os.Stat(filepath.Join(tp.stateDir, frozenStateFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(tp.runtimeDir, frozenStateFile)); !os.IsNotExist(err) {
 		t.Fatalf("state file left behind: %v", err)
 	}
 	// The hook ran for the freeze only, as qemu-ga's does.
@@ -180,9 +180,9 @@ func TestFsfreezeHookFailureFreezesNothing(t *testing.T) {
 }
 
 func TestFsfreezeStateFileAtStart(t *testing.T) {
-	stateDir := t.TempDir()
-	writeFile(t, filepath.Join(stateDir, frozenStateFile), "", 0o600)
-	tp := newTestPluginState(t, map[string]any{"proc_root": fakeProc(t)}, stateDir)
+	runtimeDir := t.TempDir()
+	writeFile(t, filepath.Join(runtimeDir, frozenStateFile), "", 0o600)
+	tp := newTestPluginState(t, map[string]any{"proc_root": fakeProc(t)}, runtimeDir)
 	var st string
 	resp := tp.ok("guest-fsfreeze-status", "", &st)
 	if st != "frozen" || resp.FreezeState != pb.FreezeState_FREEZE_STATE_FROZEN {

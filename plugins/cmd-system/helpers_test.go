@@ -18,22 +18,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// testPlugin is one configured plugin instance and its state directory.
+// testPlugin is one configured plugin instance and its runtime directory.
 type testPlugin struct {
-	t        *testing.T
-	sys      *system
-	p        *sdk.CommandPlugin
-	stateDir string
+	t          *testing.T
+	sys        *system
+	p          *sdk.CommandPlugin
+	runtimeDir string
 }
 
 // newTestPlugin builds and configures a plugin the way the supervisor does,
-// with the given options (nil: defaults) and a fresh state directory.
+// with the given options (nil: defaults) and a fresh runtime directory.
 func newTestPlugin(t *testing.T, opts map[string]any) *testPlugin {
 	t.Helper()
 	return newTestPluginState(t, opts, t.TempDir())
 }
 
-func newTestPluginState(t *testing.T, opts map[string]any, stateDir string) *testPlugin {
+func newTestPluginState(t *testing.T, opts map[string]any, runtimeDir string) *testPlugin {
 	t.Helper()
 	s := newSystem()
 	p := s.plugin()
@@ -45,10 +45,10 @@ func newTestPluginState(t *testing.T, opts map[string]any, stateDir string) *tes
 		}
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "cmd-system", Level: hclog.Warn, Output: testWriter{t}})
-	if err := p.Configure(sdk.Config{Options: raw, StateDir: stateDir, Logger: logger}); err != nil {
+	if err := p.Configure(sdk.Config{Options: raw, RuntimeDir: runtimeDir, Logger: logger}); err != nil {
 		t.Fatalf("configure: %v", err)
 	}
-	return &testPlugin{t: t, sys: s, p: p, stateDir: stateDir}
+	return &testPlugin{t: t, sys: s, p: p, runtimeDir: runtimeDir}
 }
 
 type testWriter struct{ t *testing.T }

@@ -24,9 +24,9 @@ var version = "dev"
 // package-level mutable state, so tests build as many independent instances
 // as they like.
 type system struct {
-	opts     options
-	stateDir string
-	log      hclog.Logger
+	opts       options
+	runtimeDir string // the frozen flag (a tmpfs)
+	log        hclog.Logger
 
 	// freezeMu serialises freeze and thaw: two concurrent requests must not
 	// interleave FIFREEZE and FITHAW calls or the hook script runs.

@@ -124,8 +124,8 @@ func (o *options) helperTimeout() time.Duration {
 	return time.Duration(o.HelperTimeoutSeconds) * time.Second
 }
 
-// configure applies the plugin's options and reloads the persistent frozen
-// flag.
+// configure applies the plugin's options and reloads the frozen flag a
+// previous instance of this boot left.
 func (s *system) configure(cfg sdk.Config) error {
 	opts := defaultOptions()
 	if err := cfg.DecodeOptions(&opts); err != nil {
@@ -145,7 +145,7 @@ func (s *system) configure(cfg sdk.Config) error {
 		return fmt.Errorf("plugin options: %w", err)
 	}
 	s.opts = opts
-	s.stateDir = cfg.StateDir
+	s.runtimeDir = cfg.RuntimeDir
 	if cfg.Logger != nil {
 		s.log = cfg.Logger
 	}

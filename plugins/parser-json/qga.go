@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"unicode/utf8"
 
@@ -92,21 +91,29 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 		if o.BlobText != nil {
 			// Read-ahead encoded the data already: write it where it is.
 			if head, tail, ok := blobReplyParts(o, id, delimited); ok {
-				if _, err := s.WriteBuffers(net.Buffers{head, o.BlobText, tail}); err != nil {
-					s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
-				}
+				writeOutcome(s, o, head, o.BlobText, tail)
 				o.Done()
 				return
 			}
 		}
 		reply := encodeOutcome(o, id, delimited, q.buffers.Get)
 		o.Done()
-		writeReply(s, reply)
+		if reply != nil {
+			writeOutcome(s, o, reply)
+		}
 		q.buffers.Put(reply)
 		if owned {
 			q.buffers.Put(value) // nothing refers to the request any more
 		}
 	})
+}
+
+// writeOutcome writes the reply to a command run with Go; it is dropped
+// when the host resynchronised since the request (see sdk.WriteReply).
+func writeOutcome(s *sdk.StreamSession, o *sdk.Outcome, parts ...[]byte) {
+	if _, err := s.WriteReply(o, parts...); err != nil {
+		s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
+	}
 }
 
 func (q *qgaDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, value []byte) []byte {

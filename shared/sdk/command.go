@@ -42,7 +42,11 @@ type Command struct {
 	// ReadAhead: the command reads on from where its last run stopped, and
 	// the parser may run it before the host asks (see Call.ReadAhead).
 	ReadAhead bool
-	Handler   func(ctx context.Context, call *Call) (any, error)
+	// Thaws: run with no arguments, the command thaws frozen filesystems
+	// (guest-fsfreeze-thaw). The parser runs it on its own when a freeze
+	// outlives its deadline or the host that froze goes away.
+	Thaws   bool
+	Handler func(ctx context.Context, call *Call) (any, error)
 }
 
 // Call is one invocation of a command.
@@ -88,9 +92,15 @@ type Reply struct {
 
 // Config is given to a command plugin before its first command.
 type Config struct {
-	Options  json.RawMessage // the plugin's block of the agent configuration
-	StateDir string          // private, persistent state directory
-	Logger   hclog.Logger
+	Options json.RawMessage // the plugin's block of the agent configuration
+	// StateDir is private and kept across reboots, but may lie on a
+	// filesystem the guest freezes: write nothing there while frozen.
+	StateDir string
+	// RuntimeDir is private, emptied by a reboot and never frozen (a tmpfs
+	// under /run): the place for state that must not outlive a boot, or
+	// that is written while the guest is frozen.
+	RuntimeDir string
+	Logger     hclog.Logger
 }
 
 // DecodeOptions decodes the plugin's options, refusing unknown ones.
@@ -151,6 +161,7 @@ func (p *CommandPlugin) Info() *pb.InfoResponse {
 			AllowedWhileFrozen: c.AllowedWhileFrozen,
 			Dialects:           c.Dialects,
 			ReadAhead:          c.ReadAhead,
+			Thaws:              c.Thaws,
 		})
 	}
 	return info
@@ -312,13 +323,18 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 	if s.configured {
 		return nil, fmt.Errorf("%s: already configured", s.p.Name)
 	}
-	if req.StateDir != "" {
-		if err := os.MkdirAll(req.StateDir, 0o700); err != nil {
-			return nil, fmt.Errorf("%s: state directory: %w", s.p.Name, err)
+	// MkdirAll writes nothing when the directory exists: a plugin started
+	// while the guest is frozen does not block here.
+	for _, dir := range []struct{ name, path string }{{"state", req.StateDir}, {"runtime", req.RuntimeDir}} {
+		if dir.path == "" {
+			continue
+		}
+		if err := os.MkdirAll(dir.path, 0o700); err != nil {
+			return nil, fmt.Errorf("%s: %s directory: %w", s.p.Name, dir.name, err)
 		}
 	}
 	if s.p.Configure != nil {
-		cfg := Config{Options: req.OptionsJson, StateDir: req.StateDir, Logger: s.p.Logger}
+		cfg := Config{Options: req.OptionsJson, StateDir: req.StateDir, RuntimeDir: req.RuntimeDir, Logger: s.p.Logger}
 		if err := s.p.Configure(cfg); err != nil {
 			return nil, fmt.Errorf("%s: configure: %w", s.p.Name, err)
 		}

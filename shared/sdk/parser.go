@@ -59,6 +59,9 @@ type Outcome struct {
 	// Release, when not nil, recycles Blob's buffer: call it once the reply
 	// is encoded (see Done).
 	Release func()
+
+	// epoch is the session epoch its request arrived in (StreamSession.Go).
+	epoch uint64
 }
 
 // Done releases the outcome's buffers; safe on any outcome.

@@ -97,10 +97,7 @@ type ParserEngine struct {
 	broker *plugin.GRPCBroker
 	logger hclog.Logger
 
-	frozen atomic.Bool
-	// frozenFlag persists frozen in the state directory ("" until
-	// configured), so a restarted parser refuses what it must at once.
-	frozenFlag string
+	freeze freezeGuard
 	// textPool recycles the base64 text of read-ahead results, blobPool
 	// the decoded data of requests (guest-file-write).
 	textPool dataplane.BufferPool
@@ -179,7 +176,9 @@ func (c *channelState) enabled(command string) bool {
 
 // NewParserEngine returns an engine for p; broker may be nil (tests).
 func NewParserEngine(p *ParserPlugin, broker *plugin.GRPCBroker) *ParserEngine {
-	return &ParserEngine{plugin: p, broker: broker, logger: p.Logger, plugins: map[string]*pluginConn{}}
+	e := &ParserEngine{plugin: p, broker: broker, logger: p.Logger, plugins: map[string]*pluginConn{}}
+	e.freeze.logger, e.freeze.thaw = p.Logger, e.thawOnOwnAccord
+	return e
 }
 
 func (e *ParserEngine) dialect(name string) Dialect {
@@ -216,9 +215,9 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		e.host = pb.NewHostClient(conn)
 	}
 	e.cfg, e.routes, e.limits = req, routes, lim
-	if e.frozenFlag == "" && req.StateDir != "" {
-		e.loadFrozen(filepath.Join(req.StateDir, frozenFlagFile))
-	}
+	// The routes are in place first: a freeze found past its deadline
+	// thaws at once.
+	defer e.freeze.configure(req.RuntimeDir, freezeMax(req.GetLimits().GetFsfreezeMaxMs()))
 	switch {
 	case req.RoutesPending && e.routesReady == nil:
 		e.routesReady = make(chan struct{})
@@ -264,6 +263,18 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 	}
 	releaseStartupMemory()
 	return resp, nil
+}
+
+// freezeMax resolves fsfreeze_max_ms: 0 is the default, a negative value
+// means no deadline.
+func freezeMax(ms int64) time.Duration {
+	switch {
+	case ms < 0:
+		return 0
+	case ms == 0:
+		return DefaultFsfreezeMax
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // readAheadLimit resolves read_ahead_max_bytes: 0 is the default, a
@@ -520,6 +531,7 @@ func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *Str
 	// The host that asked is gone (a virtio-serial host may come back and
 	// read the same handle on: it must find the position it left).
 	s.dropAhead()
+	e.freeze.hostGone(s.dispatcher)
 }
 
 func (e *ParserEngine) serveMessages(ctx context.Context, st *channelState, f *os.File, caller *pb.Caller) {
@@ -535,6 +547,7 @@ func (e *ParserEngine) serveMessages(ctx context.Context, st *channelState, f *o
 		mc.Close()
 	}()
 	d := e.newDispatcher(st, caller)
+	defer e.freeze.hostGone(d)
 	sem := make(chan struct{}, e.limits.maxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -594,11 +607,14 @@ func (d *dispatcher) Commands() []CommandInfo {
 	for _, c := range coreCommands {
 		out = append(out, CommandInfo{Name: c, Enabled: d.st.enabled(c), SuccessResponse: true})
 	}
+	// While frozen, what is refused is listed disabled, as qemu-ga does.
+	frozen := d.e.freeze.isFrozen()
 	for _, r := range d.e.routes {
 		if !servesDialect(r, d.st.cfg.Dialect) {
 			continue
 		}
-		out = append(out, CommandInfo{Name: r.Command, Enabled: r.Enabled && d.st.enabled(r.Command), SuccessResponse: r.GetSpec().GetSuccessResponse()})
+		enabled := r.Enabled && d.st.enabled(r.Command) && (!frozen || r.GetSpec().GetAllowedWhileFrozen())
+		out = append(out, CommandInfo{Name: r.Command, Enabled: enabled, SuccessResponse: r.GetSpec().GetSuccessResponse()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -647,7 +663,7 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 		return d.core(command, args), nil
 	}
 	spec := route.GetSpec()
-	if d.e.frozen.Load() && !spec.GetAllowedWhileFrozen() {
+	if d.e.freeze.isFrozen() && !spec.GetAllowedWhileFrozen() {
 		return errOutcome(ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command), nil
 	}
 	req := &pb.RunRequest{Command: command, ArgsJson: argsObject(args), Caller: d.caller}
@@ -684,12 +700,7 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 		}
 		o = &Outcome{Result: resp.ResultJson, Release: release}
 	}
-	switch resp.FreezeState {
-	case pb.FreezeState_FREEZE_STATE_FROZEN:
-		d.e.setFrozen(true)
-	case pb.FreezeState_FREEZE_STATE_THAWED:
-		d.e.setFrozen(false)
-	}
+	d.e.freeze.record(resp.FreezeState, d)
 	if resp.Error != nil {
 		o.Done()
 		return &Outcome{Err: resp.Error}, nil
@@ -720,48 +731,6 @@ func argsObject(args json.RawMessage) []byte {
 		return []byte("{}")
 	}
 	return args
-}
-
-// frozenFlagFile, in the parser's state directory, exists while the guest's
-// filesystems are frozen. The command plugin that froze them keeps its own
-// state (cmd-system: qemu-ga's qga.state.isfrozen); this copy is what lets a
-// parser restarted meanwhile (crash, agent restart) keep refusing commands
-// that are not allowed while frozen, as a restarted qemu-ga does, without
-// waiting for the next guest-fsfreeze-status.
-const frozenFlagFile = "frozen"
-
-func (e *ParserEngine) loadFrozen(path string) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		e.logger.Warn("no state directory: a restarted parser would not know the guest is frozen", "error", err)
-		return
-	}
-	e.frozenFlag = path
-	if _, err := os.Stat(path); err == nil {
-		e.frozen.Store(true)
-		e.logger.Warn("the guest's filesystems were left frozen: only the commands allowed while frozen run until a thaw", "flag", path)
-	}
-}
-
-// setFrozen records a freeze or a thaw reported by a command plugin.
-func (e *ParserEngine) setFrozen(frozen bool) {
-	if e.frozen.Swap(frozen) == frozen {
-		return
-	}
-	e.mu.RLock()
-	path := e.frozenFlag
-	e.mu.RUnlock()
-	if path == "" {
-		return
-	}
-	var err error
-	if frozen {
-		err = os.WriteFile(path, nil, 0o600)
-	} else if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
-		err = nil
-	}
-	if err != nil {
-		e.logger.Warn("frozen flag not recorded: a restarted parser would not know", "flag", path, "error", err)
-	}
 }
 
 // servesDialect tells whether a routed command belongs on a channel of the
@@ -1009,6 +978,12 @@ type StreamSession struct {
 	cancel     context.CancelFunc
 
 	wmu sync.Mutex
+	// epoch counts the host's resynchronisations (guest-sync,
+	// guest-sync-delimited) and host connects and disconnects. A reply is
+	// written only in the epoch its request arrived in: the host has given
+	// up on the others, and would take a late one for the answer to a later
+	// request. Changed under wmu, so no stale reply follows a sync's.
+	epoch atomic.Uint64
 
 	hostMu    sync.Mutex
 	hostUp    bool
@@ -1069,6 +1044,33 @@ func (s *StreamSession) WriteBuffers(parts net.Buffers) (int64, error) {
 	return parts.WriteTo(s.conn)
 }
 
+// WriteReply writes the reply to the outcome of Go, given in parts, unless
+// the host resynchronised or reconnected since its request arrived: then
+// the reply is dropped (written reports false), as the host gave up on it.
+func (s *StreamSession) WriteReply(o *Outcome, parts ...[]byte) (written bool, err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if o.epoch != s.epoch.Load() {
+		s.Logger().Debug("reply dropped: the host resynchronised since its request", "origin", s.origin)
+		return false, nil
+	}
+	if len(parts) == 1 {
+		_, err = s.conn.Write(parts[0])
+	} else {
+		bufs := net.Buffers(parts)
+		_, err = bufs.WriteTo(s.conn)
+	}
+	return err == nil, err
+}
+
+// newEpoch starts a new epoch: replies to the requests that arrived before
+// are not written any more (see WriteReply).
+func (s *StreamSession) newEpoch() {
+	s.wmu.Lock()
+	s.epoch.Add(1)
+	s.wmu.Unlock()
+}
+
 // MaxRequestBytes is the configured limit on one request.
 func (s *StreamSession) MaxRequestBytes() int64 { return s.maxReqLen }
 
@@ -1099,6 +1101,10 @@ func (s *StreamSession) WaitHost(ctx context.Context) error {
 }
 
 func (s *StreamSession) hostEvent(up bool) {
+	s.newEpoch()
+	if !up {
+		s.e.freeze.hostGone(s.dispatcher)
+	}
 	s.hostMu.Lock()
 	s.hostUp = up
 	s.hostGen++
@@ -1111,16 +1117,30 @@ func (s *StreamSession) hostEvent(up bool) {
 // at once in the caller; commands of one plugin run one after another in the
 // order they arrived (a pipelining client's writes to one file stay in
 // order), and different plugins run side by side, so a slow command never
-// holds up a ping. done receives the outcome. Go blocks while the session has
-// its limit of commands in flight.
+// holds up a ping. done receives the outcome, to be written with
+// WriteReply. Go blocks while the session has its limit of commands in
+// flight.
+//
+// guest-sync and guest-sync-delimited are barriers: once Go returns for
+// one, no reply to a request that arrived before it is written (their
+// commands still run; their replies are dropped).
 func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMessage, done func(*Outcome)) {
-	if isCore(command) {
+	if command == "guest-sync" || command == "guest-sync-delimited" {
+		s.newEpoch()
+	}
+	epoch := s.epoch.Load()
+	arrived := done
+	done = func(o *Outcome) { o.epoch = epoch; arrived(o) }
+	s.e.mu.RLock()
+	route := s.e.routes[command]
+	routesPending := s.e.routesReady != nil
+	s.e.mu.RUnlock()
+	// guest-info waits while the routes are being learnt: not on the
+	// reader, or a sync behind it would wait too.
+	if isCore(command) && !(command == "guest-info" && routesPending) {
 		done(s.Dispatch(ctx, command, args))
 		return
 	}
-	s.e.mu.RLock()
-	route := s.e.routes[command]
-	s.e.mu.RUnlock()
 	key := ""
 	if route != nil {
 		key = route.Plugin

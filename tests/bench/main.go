@@ -138,7 +138,7 @@ func startOurs(bin string, wait bool) *agent {
 	a := &agent{name: "guest-agent", dir: dir, socket: filepath.Join(dir, "qga.sock")}
 	_ = os.WriteFile(filepath.Join(dir, "none.hcl"), nil, 0o600)
 	a.cmd = exec.Command(filepath.Join(bin, "guest-agent"), "run", "-m", "unix-listen", "-p", a.socket,
-		"-t", filepath.Join(dir, "state"), "-c", filepath.Join(dir, "none.hcl"))
+		"-t", filepath.Join(dir, "state"), "--runtime-dir", filepath.Join(dir, "run"), "-c", filepath.Join(dir, "none.hcl"))
 	if os.Getenv("BENCH_AGENT_LOG") != "" {
 		a.cmd.Stderr = os.Stderr
 	}
@@ -241,7 +241,7 @@ func benchStart(bin string) {
 			sock := filepath.Join(dir, "qga.sock")
 			_ = os.WriteFile(filepath.Join(dir, "none.hcl"), nil, 0o600)
 			cmd := exec.Command(filepath.Join(bin, "guest-agent"), "run", "-m", "unix-listen", "-p", sock,
-				"-t", filepath.Join(dir, "state"), "-c", filepath.Join(dir, "none.hcl"))
+				"-t", filepath.Join(dir, "state"), "--runtime-dir", filepath.Join(dir, "run"), "-c", filepath.Join(dir, "none.hcl"))
 			start := time.Now()
 			if err := cmd.Start(); err != nil {
 				fail(err)

@@ -165,21 +165,21 @@ func TestNoOrphansWhenSupervisorKilled(t *testing.T) {
 // start even when a killed run left sockets behind.
 func TestShutdownAndStaleSockets(t *testing.T) {
 	dir := harness.ShortTempDir(t)
-	state := filepath.Join(dir, "state")
-	stale := filepath.Join(state, "s", "plugin-dir-stale")
+	runtime := filepath.Join(dir, "run")
+	stale := filepath.Join(runtime, "s", "plugin-dir-stale")
 	if err := os.MkdirAll(stale, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(stale, "plugin123"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state})
+	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, RuntimeDir: runtime})
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("stale socket directory not swept: %v", err)
 	}
-	entries, _ := os.ReadDir(filepath.Join(state, "s"))
+	entries, _ := os.ReadDir(filepath.Join(runtime, "s"))
 	if len(entries) == 0 {
-		t.Fatal("plugin sockets are not under the state directory")
+		t.Fatal("plugin sockets are not under the runtime directory")
 	}
 	children := harness.Children(a.Cmd.Process.Pid)
 	a.Stop(t)

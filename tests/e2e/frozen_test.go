@@ -38,13 +38,15 @@ func loopFS(t *testing.T) string {
 	return mnt
 }
 
-// The guest frozen, then the parser killed, then the whole agent restarted:
-// each time the commands that are not allowed while frozen stay refused, as
-// with a restarted qemu-ga, until guest-fsfreeze-thaw.
+// The guest frozen, then the parser killed, then the whole agent restarted
+// (same boot: same runtime directory): each time the commands that are not
+// allowed while frozen stay refused, as with a restarted qemu-ga, until
+// guest-fsfreeze-thaw.
 func TestFrozenStateSurvivesRestarts(t *testing.T) {
 	mnt := loopFS(t)
-	state := filepath.Join(harness.ShortTempDir(t), "state")
-	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state})
+	dir := harness.ShortTempDir(t)
+	state, runtime := filepath.Join(dir, "state"), filepath.Join(dir, "run")
+	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state, RuntimeDir: runtime})
 	c := harness.MustDial(t, a.Socket)
 	var n int
 	decodeReturn(t, call(t, c, fmt.Sprintf(`{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":[%q]}}`, mnt)), &n)
@@ -62,7 +64,7 @@ func TestFrozenStateSurvivesRestarts(t *testing.T) {
 	expectError(t, call(t, c, open), "CommandNotFound", refused)
 
 	a.Stop(t)
-	a = harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state})
+	a = harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state, RuntimeDir: runtime})
 	c = harness.MustDial(t, a.Socket)
 	expectError(t, call(t, c, open), "CommandNotFound", refused)
 	var status string

@@ -34,10 +34,11 @@ func BinDir(t testing.TB) string {
 
 // Agent is one running guest-agent.
 type Agent struct {
-	Cmd      *exec.Cmd
-	Socket   string
-	StateDir string
-	Log      *SyncBuffer
+	Cmd        *exec.Cmd
+	Socket     string
+	StateDir   string
+	RuntimeDir string
+	Log        *SyncBuffer
 }
 
 // SyncBuffer is a goroutine-safe log buffer.
@@ -64,6 +65,10 @@ type Options struct {
 	Args      []string // extra flags
 	Config    string   // HCL written to a file and passed with -c
 	StateDir  string   // default: a temp dir
+	// RuntimeDir (plugin sockets, frozen flags; /run/guest-agent on a real
+	// guest): default a temp dir. A new one after a restart stands for a
+	// reboot.
+	RuntimeDir string
 }
 
 // StartAgent starts guest-agent on a unix socket and waits until it answers.
@@ -76,8 +81,11 @@ func StartAgent(t testing.TB, o Options) *Agent {
 	if o.StateDir == "" {
 		o.StateDir = filepath.Join(dir, "state")
 	}
-	a := &Agent{Socket: filepath.Join(dir, "qga.sock"), StateDir: o.StateDir, Log: &SyncBuffer{}}
-	args := []string{"run", "--plugin-dir", o.PluginDir, "-t", o.StateDir, "-v"}
+	if o.RuntimeDir == "" {
+		o.RuntimeDir = filepath.Join(dir, "run")
+	}
+	a := &Agent{Socket: filepath.Join(dir, "qga.sock"), StateDir: o.StateDir, RuntimeDir: o.RuntimeDir, Log: &SyncBuffer{}}
+	args := []string{"run", "--plugin-dir", o.PluginDir, "-t", o.StateDir, "--runtime-dir", o.RuntimeDir, "-v"}
 	if o.Config != "" {
 		cfgPath := filepath.Join(dir, "agent.hcl")
 		if err := os.WriteFile(cfgPath, []byte(o.Config), 0o600); err != nil {

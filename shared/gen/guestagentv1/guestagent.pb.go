@@ -275,7 +275,12 @@ type CommandSpec struct {
 	// (guest-file-read on a handle): the parser may run it again, with
 	// RunRequest.read_ahead, before the host asks, and answer the host's next
 	// identical requests with the results. See ReadAheadSettled.
-	ReadAhead     bool `protobuf:"varint,9,opt,name=read_ahead,json=readAhead,proto3" json:"read_ahead,omitempty"`
+	ReadAhead bool `protobuf:"varint,9,opt,name=read_ahead,json=readAhead,proto3" json:"read_ahead,omitempty"`
+	// Added in 1.2. Running the command with no arguments thaws the guest's
+	// frozen filesystems (guest-fsfreeze-thaw): the parser runs it on its own
+	// when a freeze outlives Limits.fsfreeze_max_ms or, on a channel that asks
+	// for it, when the host that froze goes away.
+	Thaws         bool `protobuf:"varint,10,opt,name=thaws,proto3" json:"thaws,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +378,13 @@ func (x *CommandSpec) GetReadAhead() bool {
 	return false
 }
 
+func (x *CommandSpec) GetThaws() bool {
+	if x != nil {
+		return x.Thaws
+	}
+	return false
+}
+
 type HealthRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -465,13 +477,20 @@ type ConfigureCommandRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Options from the plugin's block of the configuration, as JSON.
 	OptionsJson []byte `protobuf:"bytes,1,opt,name=options_json,json=optionsJson,proto3" json:"options_json,omitempty"`
-	// Private state directory of the plugin (persisted handles, frozen flag...).
+	// Private state directory of the plugin, kept across reboots (handle
+	// counter, keys...). It may lie on a filesystem the guest freezes: nothing
+	// may be written there while frozen.
 	StateDir string `protobuf:"bytes,2,opt,name=state_dir,json=stateDir,proto3" json:"state_dir,omitempty"`
 	// Unix socket path on which the plugin serves its data plane (framed
 	// RunRequest/RunResponse, see shared/dataplane). Parsers dial it directly.
 	DataplaneSocket string `protobuf:"bytes,3,opt,name=dataplane_socket,json=dataplaneSocket,proto3" json:"dataplane_socket,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Added in 1.2. Private runtime directory of the plugin (under
+	// /run/guest-agent: a tmpfs, emptied by a reboot, never frozen): state
+	// that must not outlive a boot or must be written while frozen (the
+	// frozen flag).
+	RuntimeDir    string `protobuf:"bytes,4,opt,name=runtime_dir,json=runtimeDir,proto3" json:"runtime_dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigureCommandRequest) Reset() {
@@ -521,6 +540,13 @@ func (x *ConfigureCommandRequest) GetStateDir() string {
 func (x *ConfigureCommandRequest) GetDataplaneSocket() string {
 	if x != nil {
 		return x.DataplaneSocket
+	}
+	return ""
+}
+
+func (x *ConfigureCommandRequest) GetRuntimeDir() string {
+	if x != nil {
+		return x.RuntimeDir
 	}
 	return ""
 }
@@ -1355,13 +1381,16 @@ func (x *Route) GetEnabled() bool {
 }
 
 type ChannelConfig struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Dialect       string                 `protobuf:"bytes,2,opt,name=dialect,proto3" json:"dialect,omitempty"`
-	Allow         []string               `protobuf:"bytes,3,rep,name=allow,proto3" json:"allow,omitempty"` // empty: all
-	Block         []string               `protobuf:"bytes,4,rep,name=block,proto3" json:"block,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Dialect string                 `protobuf:"bytes,2,opt,name=dialect,proto3" json:"dialect,omitempty"`
+	Allow   []string               `protobuf:"bytes,3,rep,name=allow,proto3" json:"allow,omitempty"` // empty: all
+	Block   []string               `protobuf:"bytes,4,rep,name=block,proto3" json:"block,omitempty"`
+	// Added in 1.2. Thaw the guest when the host of a session that froze it
+	// disconnects (virtio-serial) or its session ends (sockets) while frozen.
+	ThawOnDisconnect bool `protobuf:"varint,5,opt,name=thaw_on_disconnect,json=thawOnDisconnect,proto3" json:"thaw_on_disconnect,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ChannelConfig) Reset() {
@@ -1422,6 +1451,13 @@ func (x *ChannelConfig) GetBlock() []string {
 	return nil
 }
 
+func (x *ChannelConfig) GetThawOnDisconnect() bool {
+	if x != nil {
+		return x.ThawOnDisconnect
+	}
+	return false
+}
+
 type Limits struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	MaxRequestBytes  int64                  `protobuf:"varint,1,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`    // one request (qemu-ga: 64 MiB)
@@ -1432,8 +1468,12 @@ type Limits struct {
 	// (CommandSpec.read_ahead); a session holds at most two runs. 0: the
 	// default (1 MiB), negative: no read-ahead.
 	ReadAheadMaxBytes int64 `protobuf:"varint,5,opt,name=read_ahead_max_bytes,json=readAheadMaxBytes,proto3" json:"read_ahead_max_bytes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Added in 1.2. How long the guest may stay frozen before the parser
+	// thaws it on its own (a host that froze and went away must not leave the
+	// guest frozen for ever). 0: the default (10 minutes), negative: no limit.
+	FsfreezeMaxMs int64 `protobuf:"varint,6,opt,name=fsfreeze_max_ms,json=fsfreezeMaxMs,proto3" json:"fsfreeze_max_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1501,6 +1541,13 @@ func (x *Limits) GetReadAheadMaxBytes() int64 {
 	return 0
 }
 
+func (x *Limits) GetFsfreezeMaxMs() int64 {
+	if x != nil {
+		return x.FsfreezeMaxMs
+	}
+	return 0
+}
+
 type ConfigureParserRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Channels     []*ChannelConfig       `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
@@ -1515,6 +1562,10 @@ type ConfigureParserRequest struct {
 	// start, nothing cached): a request for an unknown command, and guest-info,
 	// wait for the complete routes instead of being answered too early.
 	RoutesPending bool `protobuf:"varint,8,opt,name=routes_pending,json=routesPending,proto3" json:"routes_pending,omitempty"`
+	// Added in 1.2. The parser's runtime directory (see
+	// ConfigureCommandRequest.runtime_dir): its frozen flag lives there, so
+	// recording a freeze never writes to a frozen filesystem.
+	RuntimeDir    string `protobuf:"bytes,9,opt,name=runtime_dir,json=runtimeDir,proto3" json:"runtime_dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1603,6 +1654,13 @@ func (x *ConfigureParserRequest) GetRoutesPending() bool {
 		return x.RoutesPending
 	}
 	return false
+}
+
+func (x *ConfigureParserRequest) GetRuntimeDir() string {
+	if x != nil {
+		return x.RuntimeDir
+	}
+	return ""
 }
 
 type Inbox struct {
@@ -1916,7 +1974,7 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\x0e2\x13.guestagent.v1.KindR\x04kind\x126\n" +
 	"\bcommands\x18\x04 \x03(\v2\x1a.guestagent.v1.CommandSpecR\bcommands\x12\x1a\n" +
 	"\bdialects\x18\x05 \x03(\tR\bdialects\x12\x18\n" +
-	"\amethods\x18\x06 \x03(\tR\amethods\"\xb8\x02\n" +
+	"\amethods\x18\x06 \x03(\tR\amethods\"\xce\x02\n" +
 	"\vCommandSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
@@ -1929,15 +1987,19 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x14allowed_while_frozen\x18\a \x01(\bR\x12allowedWhileFrozen\x12\x1a\n" +
 	"\bdialects\x18\b \x03(\tR\bdialects\x12\x1d\n" +
 	"\n" +
-	"read_ahead\x18\t \x01(\bR\treadAhead\"\x0f\n" +
+	"read_ahead\x18\t \x01(\bR\treadAhead\x12\x14\n" +
+	"\x05thaws\x18\n" +
+	" \x01(\bR\x05thaws\"\x0f\n" +
 	"\rHealthRequest\"D\n" +
 	"\x0eHealthResponse\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x84\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xa5\x01\n" +
 	"\x17ConfigureCommandRequest\x12!\n" +
 	"\foptions_json\x18\x01 \x01(\fR\voptionsJson\x12\x1b\n" +
 	"\tstate_dir\x18\x02 \x01(\tR\bstateDir\x12)\n" +
-	"\x10dataplane_socket\x18\x03 \x01(\tR\x0fdataplaneSocket\"\x1a\n" +
+	"\x10dataplane_socket\x18\x03 \x01(\tR\x0fdataplaneSocket\x12\x1f\n" +
+	"\vruntime_dir\x18\x04 \x01(\tR\n" +
+	"runtimeDir\"\x1a\n" +
 	"\x18ConfigureCommandResponse\"\x8d\x01\n" +
 	"\x06Caller\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x18\n" +
@@ -2001,18 +2063,20 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12)\n" +
 	"\x10dataplane_socket\x18\x03 \x01(\tR\x0fdataplaneSocket\x12.\n" +
 	"\x04spec\x18\x04 \x01(\v2\x1a.guestagent.v1.CommandSpecR\x04spec\x12\x18\n" +
-	"\aenabled\x18\x05 \x01(\bR\aenabled\"i\n" +
+	"\aenabled\x18\x05 \x01(\bR\aenabled\"\x97\x01\n" +
 	"\rChannelConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\adialect\x18\x02 \x01(\tR\adialect\x12\x14\n" +
 	"\x05allow\x18\x03 \x03(\tR\x05allow\x12\x14\n" +
-	"\x05block\x18\x04 \x03(\tR\x05block\"\xda\x01\n" +
+	"\x05block\x18\x04 \x03(\tR\x05block\x12,\n" +
+	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\"\x82\x02\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_request_bytes\x18\x01 \x01(\x03R\x0fmaxRequestBytes\x12,\n" +
 	"\x12command_timeout_ms\x18\x02 \x01(\x03R\x10commandTimeoutMs\x12!\n" +
 	"\fmax_sessions\x18\x03 \x01(\x03R\vmaxSessions\x12\"\n" +
 	"\rmax_in_flight\x18\x04 \x01(\x03R\vmaxInFlight\x12/\n" +
-	"\x14read_ahead_max_bytes\x18\x05 \x01(\x03R\x11readAheadMaxBytes\"\xdb\x02\n" +
+	"\x14read_ahead_max_bytes\x18\x05 \x01(\x03R\x11readAheadMaxBytes\x12&\n" +
+	"\x0ffsfreeze_max_ms\x18\x06 \x01(\x03R\rfsfreezeMaxMs\"\xfc\x02\n" +
 	"\x16ConfigureParserRequest\x128\n" +
 	"\bchannels\x18\x01 \x03(\v2\x1c.guestagent.v1.ChannelConfigR\bchannels\x12,\n" +
 	"\x06routes\x18\x02 \x03(\v2\x14.guestagent.v1.RouteR\x06routes\x12-\n" +
@@ -2021,7 +2085,9 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\tstate_dir\x18\x05 \x01(\tR\bstateDir\x12\x1b\n" +
 	"\tinbox_dir\x18\x06 \x01(\tR\binboxDir\x12$\n" +
 	"\x0ehost_broker_id\x18\a \x01(\rR\fhostBrokerId\x12%\n" +
-	"\x0eroutes_pending\x18\b \x01(\bR\rroutesPending\"9\n" +
+	"\x0eroutes_pending\x18\b \x01(\bR\rroutesPending\x12\x1f\n" +
+	"\vruntime_dir\x18\t \x01(\tR\n" +
+	"runtimeDir\"9\n" +
 	"\x05Inbox\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x16\n" +
 	"\x06socket\x18\x02 \x01(\tR\x06socket\"I\n" +

@@ -24,7 +24,14 @@ var DefaultPluginDirs = []string{"/usr/lib/guest-agent/plugins", "/etc/guest-age
 
 // Config is the whole configuration.
 type Config struct {
-	StateDir   string   `hcl:"state_dir,optional"`
+	// StateDir is kept across reboots (default /var/lib/guest-agent). It
+	// may lie on a filesystem the guest freezes, so nothing the agent needs
+	// while frozen lives there.
+	StateDir string `hcl:"state_dir,optional"`
+	// RuntimeDir holds the plugin sockets and the frozen flags (default
+	// /run/guest-agent): a tmpfs, so it is never frozen and a reboot
+	// empties it.
+	RuntimeDir string   `hcl:"runtime_dir,optional"`
 	PluginDirs []string `hcl:"plugin_dirs,optional"`
 	PidFile    string   `hcl:"pidfile,optional"`
 	LogFile    string   `hcl:"logfile,optional"`
@@ -55,17 +62,24 @@ type Limits struct {
 	// ReadAheadMaxBytes bounds the result a session reads ahead of the host
 	// (guest-file-read); 0: 1 MiB, negative: no read-ahead.
 	ReadAheadMaxBytes int64 `hcl:"read_ahead_max_bytes,optional"`
+	// FsfreezeMax bounds how long the guest stays frozen before the agent
+	// thaws it on its own, e.g. "10m" (the default); "0" or "off": no limit.
+	FsfreezeMax string `hcl:"fsfreeze_max,optional"`
 }
 
 // Channel pairs an exchange method with a parser dialect.
 type Channel struct {
-	Name      string    `hcl:"name,label"`
-	Method    string    `hcl:"method"`
-	Path      string    `hcl:"path,optional"`
-	Dialect   string    `hcl:"dialect,optional"`
-	AllowRPCs []string  `hcl:"allow_rpcs,optional"`
-	BlockRPCs []string  `hcl:"block_rpcs,optional"`
-	Options   cty.Value `hcl:"options,optional"`
+	Name      string   `hcl:"name,label"`
+	Method    string   `hcl:"method"`
+	Path      string   `hcl:"path,optional"`
+	Dialect   string   `hcl:"dialect,optional"`
+	AllowRPCs []string `hcl:"allow_rpcs,optional"`
+	BlockRPCs []string `hcl:"block_rpcs,optional"`
+	// ThawOnDisconnect thaws the guest when the host that froze it through
+	// this channel disconnects while it is frozen (off by default, as
+	// qemu-ga: libvirt's snapshot flow keeps its connection open).
+	ThawOnDisconnect bool      `hcl:"thaw_on_disconnect,optional"`
+	Options          cty.Value `hcl:"options,optional"`
 }
 
 // Plugin holds per-plugin settings.
@@ -170,10 +184,31 @@ func (c *Config) Validate() error {
 	if _, err := c.Limits.Timeout(); err != nil {
 		return err
 	}
+	if _, err := c.Limits.FreezeMax(); err != nil {
+		return err
+	}
 	if _, err := c.BackoffMax(); err != nil {
 		return err
 	}
 	return nil
+}
+
+// DefaultFsfreezeMax is how long a freeze may last unless configured.
+const DefaultFsfreezeMax = 10 * time.Minute
+
+// FreezeMax returns the freeze deadline; 0 means none.
+func (l *Limits) FreezeMax() (time.Duration, error) {
+	if l == nil || l.FsfreezeMax == "" {
+		return DefaultFsfreezeMax, nil
+	}
+	if l.FsfreezeMax == "off" || l.FsfreezeMax == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(l.FsfreezeMax)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("limits.fsfreeze_max: %q is not a duration (e.g. \"10m\", or \"off\")", l.FsfreezeMax)
+	}
+	return d, nil
 }
 
 // BackoffMax returns the restart backoff cap.

@@ -38,8 +38,12 @@ type Supervisor struct {
 	logger   hclog.Logger
 	launcher *launcher
 	stateDir string
-	sockDir  string
-	lazy     bool
+	// runtimeDir (a tmpfs) holds sockDir and the plugins' runtime
+	// directories: nothing the agent needs while frozen lies on a
+	// filesystem the guest can freeze.
+	runtimeDir string
+	sockDir    string
+	lazy       bool
 	// backoffMax caps the restart delay of a crashing plugin.
 	backoffMax time.Duration
 
@@ -88,7 +92,8 @@ func New(opts Options) *Supervisor {
 		logger:     opts.Logger,
 		launcher:   newLauncher(),
 		stateDir:   opts.Config.StateDir,
-		sockDir:    filepath.Join(opts.Config.StateDir, "s"),
+		runtimeDir: opts.Config.RuntimeDir,
+		sockDir:    filepath.Join(opts.Config.RuntimeDir, "s"),
 		lazy:       lazy,
 		plugins:    map[string]*managed{},
 		parserOf:   map[string]*managed{},
@@ -98,11 +103,14 @@ func New(opts Options) *Supervisor {
 	}
 }
 
-// prepareDirs creates the state directories and sweeps sockets left by a
-// previous run that was killed.
+// Prepare creates the state and runtime directories and sweeps sockets
+// left by a previous run that was killed.
 func (s *Supervisor) Prepare() error {
 	if err := os.MkdirAll(s.stateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := os.MkdirAll(s.runtimeDir, 0o700); err != nil {
+		return fmt.Errorf("runtime directory: %w", err)
 	}
 	if err := os.RemoveAll(s.sockDir); err != nil {
 		return fmt.Errorf("sweep stale plugin sockets: %w", err)
@@ -112,7 +120,7 @@ func (s *Supervisor) Prepare() error {
 	}
 	// Unix socket paths are capped at 108 bytes.
 	if longest := len(filepath.Join(s.sockDir, "plugin0123456789", "plugin0123456789")); longest > 107 {
-		return fmt.Errorf("state directory %s is too long for unix socket paths (limit 108 bytes)", s.stateDir)
+		return fmt.Errorf("runtime directory %s is too long for unix socket paths (limit 108 bytes)", s.runtimeDir)
 	}
 	return nil
 }
@@ -495,6 +503,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 			_, err = r.clients.Command.Configure(ctx, &pb.ConfigureCommandRequest{
 				OptionsJson:     opts,
 				StateDir:        filepath.Join(s.stateDir, "plugins", m.found.Name),
+				RuntimeDir:      filepath.Join(s.runtimeDir, "plugins", m.found.Name),
 				DataplaneSocket: s.dataSocket(m.found.Name),
 			})
 		}
@@ -640,6 +649,7 @@ func (s *Supervisor) parserRequest(m *managed, hostID uint32) *pb.ConfigureParse
 		Routes:        routes,
 		AgentVersion:  s.opts.Version,
 		StateDir:      filepath.Join(s.stateDir, "plugins", m.found.Name),
+		RuntimeDir:    filepath.Join(s.runtimeDir, "plugins", m.found.Name),
 		InboxDir:      s.sockDir,
 		HostBrokerId:  hostID,
 		Limits:        s.limits(),
@@ -647,7 +657,7 @@ func (s *Supervisor) parserRequest(m *managed, hostID uint32) *pb.ConfigureParse
 	}
 	for _, ch := range s.channels {
 		if s.parserOf[ch.Name] == m {
-			req.Channels = append(req.Channels, &pb.ChannelConfig{Name: ch.Name, Dialect: ch.Dialect, Allow: ch.AllowRPCs, Block: ch.BlockRPCs})
+			req.Channels = append(req.Channels, &pb.ChannelConfig{Name: ch.Name, Dialect: ch.Dialect, Allow: ch.AllowRPCs, Block: ch.BlockRPCs, ThawOnDisconnect: ch.ThawOnDisconnect})
 		}
 	}
 	return req
@@ -655,11 +665,16 @@ func (s *Supervisor) parserRequest(m *managed, hostID uint32) *pb.ConfigureParse
 
 func (s *Supervisor) limits() *pb.Limits {
 	l := s.opts.Config.Limits
+	freezeMax, _ := l.FreezeMax() // validated with the config
+	freezeMaxMs := freezeMax.Milliseconds()
+	if freezeMax == 0 {
+		freezeMaxMs = -1 // no limit
+	}
 	if l == nil {
-		return &pb.Limits{}
+		return &pb.Limits{FsfreezeMaxMs: freezeMaxMs}
 	}
 	d, _ := l.Timeout()
-	return &pb.Limits{MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(), MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight, ReadAheadMaxBytes: l.ReadAheadMaxBytes}
+	return &pb.Limits{MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(), MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight, ReadAheadMaxBytes: l.ReadAheadMaxBytes, FsfreezeMaxMs: freezeMaxMs}
 }
 
 func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
