@@ -79,6 +79,7 @@ func (s *system) plugin() *sdk.CommandPlugin {
 		Version:   version,
 		Commands:  cmds,
 		Configure: s.configure,
+		Shutdown:  s.thawOnStop,
 	}
 }
 

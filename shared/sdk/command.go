@@ -126,7 +126,12 @@ type CommandPlugin struct {
 	Configure func(cfg Config) error
 	// Health, if set, reports the plugin's health.
 	Health func() error
-	Logger hclog.Logger
+	// Shutdown, if set, runs when the agent stops the plugin (not when the
+	// plugin is killed or the agent dies): the place to undo what must not
+	// outlive the agent, as qemu-ga's cleanup does (cmd-system thaws a
+	// frozen guest). The agent kills the plugin about two seconds into it.
+	Shutdown func()
+	Logger   hclog.Logger
 
 	once   sync.Once
 	index  map[string]*Command
@@ -308,6 +313,10 @@ func ServeCommands(p *CommandPlugin) {
 		pb.RegisterPluginServer(s, &baseServer{info: p.Info(), health: p.Health})
 		pb.RegisterCommandServer(s, srv)
 	})
+	// serve returns when the agent asked the plugin to stop.
+	if p.Shutdown != nil {
+		p.Shutdown()
+	}
 }
 
 type commandServer struct {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,10 +39,10 @@ func loopFS(t *testing.T) string {
 	return mnt
 }
 
-// The guest frozen, then the parser killed, then the whole agent restarted
-// (same boot: same runtime directory): each time the commands that are not
-// allowed while frozen stay refused, as with a restarted qemu-ga, until
-// guest-fsfreeze-thaw.
+// The guest frozen, then the parser killed, then the whole agent killed and
+// started again (same boot: same runtime directory): each time the commands
+// that are not allowed while frozen stay refused, as with a qemu-ga
+// restarted after a crash, until guest-fsfreeze-thaw.
 func TestFrozenStateSurvivesRestarts(t *testing.T) {
 	mnt := loopFS(t)
 	dir := harness.ShortTempDir(t)
@@ -63,7 +64,8 @@ func TestFrozenStateSurvivesRestarts(t *testing.T) {
 	c = harness.MustDial(t, a.Socket)
 	expectError(t, call(t, c, open), "CommandNotFound", refused)
 
-	a.Stop(t)
+	_ = a.Cmd.Process.Kill() // the plugins follow it (parent-death signal)
+	_ = a.Cmd.Wait()
 	a = harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state, RuntimeDir: runtime})
 	c = harness.MustDial(t, a.Socket)
 	expectError(t, call(t, c, open), "CommandNotFound", refused)
@@ -78,4 +80,25 @@ func TestFrozenStateSurvivesRestarts(t *testing.T) {
 	}
 	var h int64
 	decodeReturn(t, call(t, c, open), &h)
+}
+
+// An agent stopped cleanly while the guest is frozen thaws it first, as
+// qemu-ga does on exit: nobody could ask a stopped agent to thaw.
+func TestCleanStopThaws(t *testing.T) {
+	mnt := loopFS(t)
+	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir})
+	c := harness.MustDial(t, a.Socket)
+	if n := freezeList(t, c, mnt); n != 1 {
+		t.Fatalf("froze %d filesystems, want 1", n)
+	}
+	if !writeBlocks(t, mnt) {
+		t.Fatal("the filesystem is not frozen")
+	}
+	a.Stop(t)
+	if writeBlocks(t, mnt) {
+		t.Fatalf("still frozen after the agent stopped:\n%s", a.Log.String())
+	}
+	if !strings.Contains(a.Log.String(), "filesystems thawed") {
+		t.Fatalf("the log does not say the agent thawed on stop:\n%s", a.Log.String())
+	}
 }
