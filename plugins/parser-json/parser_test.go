@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/guest-agent/guest-agent/shared/dataplane"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
@@ -170,4 +172,36 @@ func FuzzNova(f *testing.F) {
 			t.Fatalf("reply to %q: %+v %v", in, r, err)
 		}
 	})
+}
+
+// BenchmarkSplitterEscapes feeds requests whose string is nothing but
+// escapes, the worst case of a scanner that looks ahead for '"' and '\'
+// (it was quadratic: 1 MiB took over a second). The cost per byte must not
+// grow with the size.
+func BenchmarkSplitterEscapes(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20, 4 << 20} {
+		req := []byte(`{"execute":"guest-ping","arguments":{"x":"` + strings.Repeat(`\\`, size/2) + `"}}`)
+		b.Run(fmt.Sprintf("%dKiB", size>>10), func(b *testing.B) {
+			b.SetBytes(int64(len(req)))
+			sp := &splitter{max: 64 << 20, pool: &dataplane.BufferPool{}}
+			for i := 0; i < b.N; i++ {
+				n := 0
+				sp.feed(req, func([]byte, bool, string) { n++ })
+				if n != 1 {
+					b.Fatalf("%d values", n)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSplitterBase64 is the common bulk case: one long string without
+// escapes (guest-file-write).
+func BenchmarkSplitterBase64(b *testing.B) {
+	req := []byte(`{"execute":"guest-file-write","arguments":{"handle":1000,"buf-b64":"` + strings.Repeat("QUJD", 1<<18) + `"}}`)
+	b.SetBytes(int64(len(req)))
+	sp := &splitter{max: 64 << 20, pool: &dataplane.BufferPool{}}
+	for i := 0; i < b.N; i++ {
+		sp.feed(req, func([]byte, bool, string) {})
+	}
 }
