@@ -126,7 +126,8 @@ func TestNova(t *testing.T) {
 // FuzzQGA: any input, in any chunking, splits the same way, and every value
 // gets exactly one well-formed reply line.
 func FuzzQGA(f *testing.F) {
-	for _, s := range []string{`{"execute":"guest-ping"}`, `{"execute":"blob","id":[1]}{`, "\xff{\"a\":\"\\\"\"}", `[{"x":]]`, `"\u0000"`, "{\"execute\":\"guest-ping\",\"arguments\":{\"\xc3\"}}"} {
+	for _, s := range []string{`{"execute":"guest-ping"}`, `{"execute":"blob","id":[1]}{`, "\xff{\"a\":\"\\\"\"}", `[{"x":]]`, `"\u0000"`, "{\"execute\":\"guest-ping\",\"arguments\":{\"\xc3\"}}",
+		"{\"execute\":\"guest-ping\",\"id\":[1,\n2]}", `{"execute": null}`} {
 		f.Add([]byte(s), 3)
 	}
 	q := &qgaDialect{}
@@ -203,5 +204,26 @@ func BenchmarkSplitterBase64(b *testing.B) {
 	sp := &splitter{max: 64 << 20, pool: &dataplane.BufferPool{}}
 	for i := 0; i < b.N; i++ {
 		sp.feed(req, func([]byte, bool, string) {})
+	}
+}
+
+// An id is echoed on the reply's line whatever whitespace it holds, and
+// execute must be a string (null included), as qemu-ga 7.2 answers.
+func TestQGAEnvelopeEdges(t *testing.T) {
+	d := &qgaDialect{}
+	e := sdk.NewParserEngine(&sdk.ParserPlugin{Name: "parser-json", Dialects: []sdk.Dialect{d}, Logger: hclog.NewNullLogger()}, nil)
+	for _, tc := range []struct{ in, want string }{
+		{"{\"execute\":\"guest-ping\",\"id\":[1,\n2, {\"a\" :  \"b\\n\"}]}", `{"return": {}, "id": [1, 2, {"a": "b\n"}]}` + "\n"},
+		{`{"execute":"guest-ping","id":"x"}`, `{"return": {}, "id": "x"}` + "\n"},
+		{`{"execute": null}`, `{"error": {"class":"GenericError","desc":"QMP input member 'execute' must be a string"}}` + "\n"},
+		{`{"execute": 5, "id": 1}`, `{"error": {"class":"GenericError","desc":"QMP input member 'execute' must be a string"}, "id": 1}` + "\n"},
+	} {
+		resp, err := e.ParseRequest(context.Background(), &pb.ParseRequestRequest{Dialect: "qga", Request: []byte(tc.in)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(resp.Response); got != tc.want {
+			t.Errorf("%q:\n got %q\nwant %q", tc.in, got, tc.want)
+		}
 	}
 }

@@ -156,7 +156,7 @@ func decodeRequest(value []byte) (qgaRequest, []byte) {
 	if err != nil {
 		return req, errorReply(nil, sdk.ClassGenericError, "JSON parse error, "+err.Error(), false)
 	}
-	req.id = members["id"]
+	req.id = compactID(members["id"])
 	for name := range members {
 		switch name {
 		case "execute", "arguments", "id":
@@ -168,7 +168,8 @@ func decodeRequest(value []byte) (qgaRequest, []byte) {
 	if !ok {
 		return req, errorReply(req.id, sdk.ClassGenericError, "QMP input lacks member 'execute'", false)
 	}
-	if err := json.Unmarshal(exec, &req.execute); err != nil {
+	// json.Unmarshal takes null for a string: only a string will do.
+	if t := bytes.TrimSpace(exec); len(t) == 0 || t[0] != '"' || json.Unmarshal(t, &req.execute) != nil {
 		return req, errorReply(req.id, sdk.ClassGenericError, "QMP input member 'execute' must be a string", false)
 	}
 	if a, ok := members["arguments"]; ok {
@@ -178,6 +179,67 @@ func decodeRequest(value []byte) (qgaRequest, []byte) {
 		req.args = a
 	}
 	return req, nil
+}
+
+// compactID returns the request's id as it is echoed: on one line. An id is
+// any JSON value and is echoed as given, but whitespace inside it (a newline
+// between array members, say) would cut the reply line, so such an id is
+// written again the way qemu-ga prints JSON (", " and ": " separators).
+func compactID(id json.RawMessage) json.RawMessage {
+	if id == nil || !bytes.ContainsAny(id, " \t\r\n") {
+		return id
+	}
+	out, err := appendQMPJSON(nil, json.NewDecoder(bytes.NewReader(id)))
+	if err != nil {
+		return id // not reached: the id was validated with the request
+	}
+	return out
+}
+
+// appendQMPJSON re-encodes the next JSON value of dec on one line.
+func appendQMPJSON(out []byte, dec *json.Decoder) ([]byte, error) {
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch v := tok.(type) {
+	case json.Delim:
+		closing := byte(']')
+		if v == '{' {
+			closing = '}'
+		}
+		out = append(out, byte(v))
+		for i := 0; dec.More(); i++ {
+			if i > 0 {
+				out = append(out, ", "...)
+			}
+			if v == '{' {
+				key, err := dec.Token()
+				if err != nil {
+					return nil, err
+				}
+				k, _ := json.Marshal(key.(string))
+				out = append(append(out, k...), ": "...)
+			}
+			if out, err = appendQMPJSON(out, dec); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := dec.Token(); err != nil { // the closing delimiter
+			return nil, err
+		}
+		return append(out, closing), nil
+	case string:
+		b, _ := json.Marshal(v)
+		return append(out, b...), nil
+	case json.Number:
+		return append(out, v...), nil
+	case bool:
+		return strconv.AppendBool(out, v), nil
+	default: // null
+		return append(out, "null"...), nil
+	}
 }
 
 // decodeObject splits a JSON object into its members, refusing duplicate
