@@ -136,19 +136,12 @@ func (s *system) fsfreezeStatus(_ context.Context, call *sdk.Call) (any, error) 
 	return &sdk.Reply{Value: status, FreezeState: freezeState(frozen)}, nil
 }
 
-// runHook runs the fsfreeze hook, when configured, with "freeze" or "thaw".
-func (s *system) runHook(ctx context.Context, arg string) error {
-	if s.opts.FsfreezeHook == "" {
-		return nil
-	}
-	s.log.Info("executing fsfreeze hook", "arg", arg)
-	return s.runCommand(ctx, []string{s.opts.FsfreezeHook, arg}, nil, "execute fsfreeze hook")
-}
-
 // fsfreezeFreeze serves guest-fsfreeze-freeze and guest-fsfreeze-freeze-list:
-// hook "freeze", then FIFREEZE on each selected mount in reverse mount order
-// (a filesystem mounted on top of another is frozen first). Any unexpected
-// failure thaws everything again.
+// the hooks with "freeze" (qemu-ga's, then the directory's), then FIFREEZE on
+// each selected mount in reverse mount order (a filesystem mounted on top of
+// another is frozen first). The hooks run before anything is frozen, so
+// nothing they touch can block them. Any unexpected failure thaws everything
+// again and gives the hooks that ran their "thaw".
 func (s *system) fsfreezeFreeze(ctx context.Context, call *sdk.Call) (any, error) {
 	var a struct {
 		Mountpoints *[]json.RawMessage `json:"mountpoints"`
@@ -180,25 +173,49 @@ func (s *system) fsfreezeFreeze(ctx context.Context, call *sdk.Call) (any, error
 			"Command %s has been disabled: the agent is in frozen state", call.Command)
 	}
 	s.log.Info("guest-fsfreeze called", "mountpoints", len(selected))
-	if err := s.runHook(ctx, "freeze"); err != nil {
+	hooks, err := s.freezeHooks()
+	if err != nil {
+		// A hook directory that cannot be read: freezing without the
+		// hooks the guest relies on would make an inconsistent snapshot.
+		return nil, err
+	}
+	if owed, err := s.runFreezeHooks(ctx, hooks); err != nil {
+		if terr := s.runThawHooks(s.rollbackCtx(ctx), owed); terr != nil {
+			s.log.Error("thaw hooks after a failed freeze hook", "error", terr)
+		}
 		return nil, err
 	}
 	mounts, err := s.mounts(true)
 	if err != nil {
+		if terr := s.runThawHooks(s.rollbackCtx(ctx), hooks); terr != nil {
+			s.log.Error("thaw hooks after a failed freeze", "error", terr)
+		}
 		return nil, err
 	}
 	s.setFrozen()
 	n, ferr := s.freezeMounts(mounts, selected)
 	if ferr != nil {
 		// qemu-ga thaws whatever got frozen and reports the freeze error.
-		if _, terr := s.thawLocked(ctx); terr != nil {
+		if _, terr := s.thawHooksLocked(s.rollbackCtx(ctx), hooks); terr != nil {
 			s.log.Error("thaw after a failed freeze", "error", terr)
 		}
 		return nil, ferr
 	}
 	if n == 0 {
-		// Nothing frozen (say, no mountpoint matched): stay thawed.
+		// Nothing frozen (say, no mountpoint matched): stay thawed. qemu-ga
+		// leaves its hook at that; the directory's hooks, which are this
+		// agent's own contract, are let go at once rather than left
+		// quiesced until a thaw nobody has a reason to send.
 		s.unsetFrozen()
+		var dir []fsHook
+		for _, h := range hooks {
+			if !h.single {
+				dir = append(dir, h)
+			}
+		}
+		if terr := s.runThawHooks(s.rollbackCtx(ctx), dir); terr != nil {
+			s.log.Error("thaw hooks after a freeze of nothing", "error", terr)
+		}
 		return &sdk.Reply{Value: 0, FreezeState: pb.FreezeState_FREEZE_STATE_THAWED}, nil
 	}
 	return &sdk.Reply{Value: n, FreezeState: pb.FreezeState_FREEZE_STATE_FROZEN}, nil
@@ -246,9 +263,16 @@ func (s *system) fsfreezeThaw(ctx context.Context, call *sdk.Call) (any, error) 
 
 // thawLocked issues FITHAW on every local mount until it fails (a filesystem
 // frozen n times needs n thaws) and counts the mounts thawed at least once;
-// then the frozen flag goes and the hook runs with "thaw". Like qemu-ga it
-// does all this even when nothing was frozen.
+// then the frozen flag goes and the hooks installed now run with "thaw", the
+// directory's in reverse order, then qemu-ga's, every one of them even when
+// another fails. Like qemu-ga it does all this even when nothing was frozen.
 func (s *system) thawLocked(ctx context.Context) (int, error) {
+	return s.thawHooksLocked(ctx, nil)
+}
+
+// thawHooksLocked is thawLocked with the hooks of the freeze being undone
+// (nil: those installed now).
+func (s *system) thawHooksLocked(ctx context.Context, hooks []fsHook) (int, error) {
 	mounts, err := s.mounts(true)
 	if err != nil {
 		return 0, err
@@ -274,8 +298,17 @@ func (s *system) thawLocked(ctx context.Context) (int, error) {
 	}
 	s.unsetFrozen()
 	s.log.Info("guest-fsthaw called", "thawed", n)
-	if err := s.runHook(ctx, "thaw"); err != nil {
-		return n, err
+	var listErr error
+	if hooks == nil {
+		hooks, listErr = s.freezeHooks()
 	}
-	return n, nil
+	herr := s.runThawHooks(ctx, hooks)
+	switch {
+	case listErr == nil:
+		return n, herr
+	case herr == nil:
+		return n, listErr
+	default:
+		return n, sdk.Errorf("%s; %s", hookErrorText(listErr), hookErrorText(herr))
+	}
 }

@@ -61,9 +61,30 @@ type options struct {
 	// filesystems are frozen and with "thaw" after they are thawed. It must be
 	// an executable file. Default "": no hook.
 	FsfreezeHook string `json:"fsfreeze_hook"`
+	// FsfreezeHookDir is a freeze.d-style directory of hooks beside
+	// FsfreezeHook, as the hook Debian ships (/etc/qemu/fsfreeze-hook) runs
+	// /etc/qemu/fsfreeze-hook.d/*. Before the filesystems are frozen, after
+	// FsfreezeHook, each executable regular file of it (symlinks followed)
+	// runs with "freeze" in lexical (byte) order; after they are thawed each
+	// runs with "thaw" in the reverse order, then FsfreezeHook. Skipped as
+	// Debian's script skips them: names starting with ".", editor and
+	// package-manager leftovers (*~, *.bak, *.orig, *.sample, *.dpkg-*,
+	// *.rpm*, *.ucf-*). A hook that fails or outlives its time limit on
+	// freeze fails the freeze (the hooks already run, itself included, get
+	// "thaw" in reverse); on thaw a failure is logged and reported, and every
+	// other hook still runs. A missing directory holds no hooks. Default
+	// "/etc/guest-agent/freeze.d"; "" disables it.
+	FsfreezeHookDir string `json:"fsfreeze_hook_dir"`
+	// FsfreezeHookTimeoutSeconds bounds each hook of FsfreezeHookDir, each
+	// time it runs: past it the hook's whole process group is killed and the
+	// hook has failed. FsfreezeHook itself stays bounded by
+	// HelperTimeoutSeconds (Debian's is a script that runs a whole directory).
+	// Default 60; 0 = HelperTimeoutSeconds.
+	FsfreezeHookTimeoutSeconds int `json:"fsfreeze_hook_timeout_seconds"`
 
 	// HelperTimeoutSeconds bounds each helper program (shutdown, hwclock,
-	// chpasswd, systemctl, pm-utils, the fsfreeze hook): past it the helper's
+	// chpasswd, systemctl, pm-utils, the fsfreeze hook; the hooks of
+	// FsfreezeHookDir when FsfreezeHookTimeoutSeconds is 0): past it the helper's
 	// whole session is killed and the command fails. qemu-ga waits forever;
 	// the request's own deadline applies as well. Default 300; 0 = no limit.
 	HelperTimeoutSeconds int `json:"helper_timeout_seconds"`
@@ -75,6 +96,9 @@ type options struct {
 	// allocation the host controls. Default 16 MiB.
 	MaxFileBytes int64 `json:"max_file_bytes"`
 }
+
+// defaultFsfreezeHookDir is the agent's own freeze.d.
+const defaultFsfreezeHookDir = "/etc/guest-agent/freeze.d"
 
 func defaultOptions() options {
 	return options{
@@ -88,9 +112,12 @@ func defaultOptions() options {
 		HwclockPath:          "/sbin/hwclock",
 		ChpasswdPath:         "chpasswd",
 		HelperPath:           os.Getenv("PATH"),
+		FsfreezeHookDir:      defaultFsfreezeHookDir,
 		HelperTimeoutSeconds: 300,
 		MaxHelperOutputBytes: 64 << 10,
 		MaxFileBytes:         16 << 20,
+
+		FsfreezeHookTimeoutSeconds: 60,
 	}
 }
 
@@ -103,6 +130,17 @@ func (o *options) validate() error {
 	}
 	if o.HelperTimeoutSeconds < 0 {
 		return fmt.Errorf("helper_timeout_seconds must not be negative")
+	}
+	if o.FsfreezeHookTimeoutSeconds < 0 {
+		return fmt.Errorf("fsfreeze_hook_timeout_seconds must not be negative")
+	}
+	if o.FsfreezeHookDir != "" {
+		// Not checked for existence: a missing directory holds no hooks,
+		// and a package may create it later.
+		if !filepath.IsAbs(o.FsfreezeHookDir) {
+			return fmt.Errorf("fsfreeze_hook_dir must be an absolute path or empty, got %q", o.FsfreezeHookDir)
+		}
+		o.FsfreezeHookDir = filepath.Clean(o.FsfreezeHookDir)
 	}
 	if o.MaxHelperOutputBytes < 0 || o.MaxFileBytes <= 0 {
 		return fmt.Errorf("max_helper_output_bytes must not be negative and max_file_bytes must be positive")
@@ -122,6 +160,14 @@ func (o *options) validate() error {
 
 func (o *options) helperTimeout() time.Duration {
 	return time.Duration(o.HelperTimeoutSeconds) * time.Second
+}
+
+// hookTimeout is the time limit of each hook of FsfreezeHookDir (0: none).
+func (o *options) hookTimeout() time.Duration {
+	if o.FsfreezeHookTimeoutSeconds == 0 {
+		return o.helperTimeout()
+	}
+	return time.Duration(o.FsfreezeHookTimeoutSeconds) * time.Second
 }
 
 // configure applies the plugin's options and reloads the frozen flag a

@@ -57,17 +57,33 @@ func (e *startErr) Error() string {
 	return fmt.Sprintf("failed to exec '%s': %s", e.path, strerror(e.err))
 }
 
+// timeLimitError is the cause of a helper's end when it outlived its own
+// time limit (not the request's deadline).
+type timeLimitError struct{ limit time.Duration }
+
+func (e *timeLimitError) Error() string {
+	return fmt.Sprintf("killed with its process group after its time limit of %s", e.limit)
+}
+
 // execHelper runs argv in its own session (qemu-ga calls setsid() in the
 // child) with stdin from input or /dev/null, stdout and stderr captured
-// together. No shell is involved: argv goes to execve as is.
+// together, bounded by helper_timeout_seconds. No shell is involved: argv
+// goes to execve as is.
 func (s *system) execHelper(ctx context.Context, argv []string, input []byte) (*helperResult, error) {
+	return s.execHelperLimit(ctx, argv, input, s.opts.helperTimeout())
+}
+
+// execHelperLimit is execHelper with a time limit of its own (0: none but
+// the request's). A helper past it is killed with its whole session and the
+// error wraps a *timeLimitError; the result then still holds its output.
+func (s *system) execHelperLimit(ctx context.Context, argv []string, input []byte, limit time.Duration) (*helperResult, error) {
 	path, err := s.lookPath(argv[0])
 	if err != nil {
 		return nil, &startErr{path: argv[0], err: unix.ENOENT}
 	}
-	if t := s.opts.helperTimeout(); t > 0 {
+	if limit > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
+		ctx, cancel = context.WithTimeoutCause(ctx, limit, &timeLimitError{limit: limit})
 		defer cancel()
 	}
 	cmd := exec.CommandContext(ctx, path, argv[1:]...)
@@ -94,7 +110,9 @@ func (s *system) execHelper(ctx context.Context, argv []string, input []byte) (*
 	}
 	err = cmd.Wait()
 	if ctx.Err() != nil {
-		return nil, fmt.Errorf("helper %s stopped: %w", argv[0], ctx.Err())
+		// What it said before it was stopped goes with the error.
+		return &helperResult{output: out.Bytes(), exitCode: -1, signaled: true},
+			fmt.Errorf("helper %s stopped: %w", argv[0], context.Cause(ctx))
 	}
 	res := &helperResult{output: out.Bytes(), exitCode: cmd.ProcessState.ExitCode()}
 	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
