@@ -199,7 +199,9 @@ func (s *system) fsfreezeFreeze(ctx context.Context, call *sdk.Call) (any, error
 		if _, terr := s.thawHooksLocked(s.rollbackCtx(ctx), hooks); terr != nil {
 			s.log.Error("thaw after a failed freeze", "error", terr)
 		}
-		return nil, ferr
+		// The state goes with the error: the parser must not go on
+		// refusing commands because the freeze failed.
+		return &sdk.Reply{FreezeState: freezeState(s.frozen.Load())}, ferr
 	}
 	if n == 0 {
 		// Nothing frozen (say, no mountpoint matched): stay thawed. qemu-ga
@@ -256,7 +258,9 @@ func (s *system) fsfreezeThaw(ctx context.Context, call *sdk.Call) (any, error) 
 	defer s.freezeMu.Unlock()
 	n, err := s.thawLocked(ctx)
 	if err != nil {
-		return nil, err
+		// A thaw hook failed, say: the filesystems may be thawed all the
+		// same, and the parser must know.
+		return &sdk.Reply{FreezeState: freezeState(s.frozen.Load())}, err
 	}
 	return &sdk.Reply{Value: n, FreezeState: pb.FreezeState_FREEZE_STATE_THAWED}, nil
 }

@@ -80,6 +80,8 @@ func (c *Call) AllocBlob(n int) []byte {
 func (c *Call) Decode(v any) error { return DecodeArgs(c.Args, v) }
 
 // Reply is what a handler returns when it has more to say than a JSON value.
+// Returned with an error, only its FreezeState counts (a failed thaw may
+// still have thawed the guest).
 type Reply struct {
 	Value       any
 	Blob        []byte // goes into Command.BlobResult as base64
@@ -268,14 +270,18 @@ func (p *CommandPlugin) run(ctx context.Context, req *pb.RunRequest) (resp *pb.R
 	}()
 	call = &Call{Command: req.Command, Args: req.ArgsJson, Blob: req.Blob, Caller: req.Caller, ReadAhead: dataplane.TicketFrom(ctx), pool: &p.pool}
 	out, err := cmd.Handler(ctx, call)
+	r, isReply := out.(*Reply)
+	if isReply {
+		// Kept with an error too: a thaw whose hook failed has thawed.
+		resp.FreezeState = r.FreezeState
+	}
 	if err != nil {
 		resp.Error = toProtoError(err)
 		return resp, call
 	}
-	if r, ok := out.(*Reply); ok {
+	if isReply {
 		resp.Blob = r.Blob
 		resp.NoResponse = r.NoResponse
-		resp.FreezeState = r.FreezeState
 		resp.More = r.More
 		out = r.Value
 	}
