@@ -36,14 +36,20 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, logger hclog.Logger)
 		<-ctx.Done()
 		ln.Close()
 	}()
+	var backoff AcceptBackoff
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
+			if backoff.Retry(err, ctx.Done()) {
+				logger.Warn("data plane accept failed; retrying", "error", err, "retry_in", backoff.Delay())
+				continue
+			}
 			return fmt.Errorf("dataplane: accept: %w", err)
 		}
+		backoff.Reset()
 		GrowSendBuffer(conn)
 		go serveConn(ctx, conn, h, logger)
 	}

@@ -337,6 +337,7 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel() // the exchange went away: its sessions end with it
 	persistent := map[string]*StreamSession{}
+	var refused refusalLog
 	for {
 		ev, f, err := feed.Next()
 		if err != nil {
@@ -348,7 +349,7 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 		switch ev.Type {
 		case session.EventHandoff:
 			if st.sessions.Load() >= e.limits.maxSessions {
-				e.logger.Warn("session refused: too many sessions", "channel", st.cfg.Name, "limit", e.limits.maxSessions, "origin", ev.Origin)
+				refused.note(e.logger, st.cfg.Name, e.limits.maxSessions)
 				f.Close()
 				continue
 			}
@@ -366,6 +367,7 @@ func (e *ParserEngine) serveFeed(feed *session.Feed, st *channelState) {
 				continue
 			}
 			s := e.newStreamSession(st, f, caller, ev)
+			st.sessions.Add(1)
 			if ev.WatchHost {
 				// Not tied to this feed: the exchange is done with it.
 				go e.watchHost(st, f, s)
@@ -484,17 +486,32 @@ func (e *ParserEngine) serveListener(st *channelState, f *os.File, ev session.Ev
 	e.listeners = append(e.listeners, ln)
 	e.mu.Unlock()
 	e.logger.Info("serving a handed-over listener", "channel", st.cfg.Name, "origin", ev.Origin, "max_connections", ev.MaxConnections)
-	var active atomic.Int64
+	// The exchange's max_connections and the engine's max_sessions both
+	// bound the connections served at once.
+	limit := e.limits.maxSessions
+	if ev.MaxConnections > 0 {
+		limit = min(limit, int64(ev.MaxConnections))
+	}
+	var refused refusalLog
+	var backoff dataplane.AcceptBackoff
 	for {
 		conn, err := ln.AcceptUnix()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				e.logger.Error("accept failed; channel stopped", "channel", st.cfg.Name, "error", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
+			// Out of descriptors: the connections that hold them end
+			// some day, the channel must not.
+			if backoff.Retry(err, nil) {
+				e.logger.Warn("accept failed; retrying", "channel", st.cfg.Name, "error", err, "retry_in", backoff.Delay())
+				continue
+			}
+			e.logger.Error("accept failed; channel stopped", "channel", st.cfg.Name, "error", err)
 			return
 		}
-		if ev.MaxConnections > 0 && active.Load() >= int64(ev.MaxConnections) {
-			e.logger.Warn("connection refused: max_connections reached", "channel", st.cfg.Name, "limit", ev.MaxConnections)
+		backoff.Reset()
+		if st.sessions.Load() >= limit {
+			refused.note(e.logger, st.cfg.Name, limit)
 			conn.Close()
 			continue
 		}
@@ -503,17 +520,30 @@ func (e *ParserEngine) serveListener(st *channelState, f *os.File, ev session.Ev
 			caller.PeerPid, caller.PeerUid, caller.PeerGid = peer.PID, peer.UID, peer.GID
 		}
 		dataplane.GrowSendBuffer(conn) // replies to file reads are megabytes
-		active.Add(1)
 		s := e.newStreamSession(st, conn, caller, session.Event{Origin: ev.Origin})
-		go func() {
-			defer active.Add(-1)
-			e.serveStream(context.Background(), st, s)
-		}()
+		st.sessions.Add(1) // counted from here, so the next accept sees it
+		go e.serveStream(context.Background(), st, s)
 	}
 }
 
+// refusalLog logs refused connections without letting a peer that keeps
+// connecting flood the log: one line, then a count every ten seconds.
+type refusalLog struct {
+	last  time.Time
+	count int
+}
+
+func (r *refusalLog) note(logger hclog.Logger, channel string, limit int64) {
+	r.count++
+	if time.Since(r.last) < 10*time.Second {
+		return
+	}
+	logger.Warn("connections refused: session limit reached", "channel", channel, "limit", limit, "refused", r.count)
+	r.last, r.count = time.Now(), 0
+}
+
+// serveStream runs one session; the caller has counted it in st.sessions.
 func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *StreamSession) {
-	st.sessions.Add(1)
 	defer st.sessions.Add(-1)
 	ctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel

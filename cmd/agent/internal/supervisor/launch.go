@@ -2,8 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os/exec"
 	"runtime"
@@ -14,6 +12,7 @@ import (
 	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/go-plugin/runner"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
@@ -82,35 +81,26 @@ func (l *launcher) launch(spec launchSpec) (*running, error) {
 }
 
 func startPlugin(spec launchSpec) (*running, error) {
-	cmd := exec.Command(spec.path)
-	// go-plugin honours UnixSocketConfig.TempDir only with a custom runner;
-	// the plugin side reads this variable, for its own socket and the
-	// broker's. The directory is swept at start-up, so a killed agent leaves
-	// nothing behind for long.
-	cmd.Env = []string{"PLUGIN_UNIX_SOCKET_DIR=" + spec.sockDir, sdk.EnvLogLevel + "=" + spec.logLevel}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Pdeathsig: syscall.SIGKILL,
-		// Own process group: a terminal's Ctrl-C reaches the supervisor
-		// only, which then stops plugins in order.
-		Setpgid: true,
-	}
+	var pr *processRunner
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.PluginSets(nil),
-		Cmd:              cmd,
+		// go-plugin makes a socket directory per plugin under TempDir,
+		// tells the plugin (PLUGIN_UNIX_SOCKET_DIR), puts the
+		// supervisor's own broker sockets there too, and removes it in
+		// Kill. A plugin inherits the supervisor's environment.
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: spec.sockDir},
+		RunnerFunc: func(_ hclog.Logger, prepared *exec.Cmd, _ string) (runner.Runner, error) {
+			var err error
+			pr, err = newProcessRunner(spec, prepared, []string{sdk.EnvLogLevel + "=" + spec.logLevel})
+			return pr, err
+		},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		Logger:           spec.logger,
 		StartTimeout:     20 * time.Second,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
-	}
-	if spec.checksum != "" {
-		sum, err := hex.DecodeString(spec.checksum)
-		if err != nil {
-			return nil, fmt.Errorf("plugin %s: checksum %q is not hex SHA-256: %w", spec.name, spec.checksum, err)
-		}
-		cfg.SecureConfig = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
 	}
 	client := plugin.NewClient(cfg)
 	rpc, err := client.Client()
@@ -123,10 +113,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 		client.Kill()
 		return nil, fmt.Errorf("plugin %s: %w", spec.name, err)
 	}
-	r := &running{client: client, clients: raw.(*sdk.Clients), exited: make(chan struct{})}
-	if rc := client.ReattachConfig(); rc != nil {
-		r.pid = rc.Pid
-	}
+	r := &running{client: client, clients: raw.(*sdk.Clients), exited: make(chan struct{}), pid: pr.pid}
 	watchExit(r)
 	return r, nil
 }

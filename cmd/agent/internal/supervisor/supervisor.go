@@ -119,7 +119,8 @@ func (s *Supervisor) Prepare() error {
 		return fmt.Errorf("plugin socket directory: %w", err)
 	}
 	// Unix socket paths are capped at 108 bytes.
-	if longest := len(filepath.Join(s.sockDir, "plugin0123456789", "plugin0123456789")); longest > 107 {
+	// go-plugin's sockets: <sockDir>/plugin-dir<n>/plugin<n>.
+	if longest := len(filepath.Join(s.sockDir, "plugin-dir0123456789", "plugin0123456789")); longest > 107 {
 		return fmt.Errorf("runtime directory %s is too long for unix socket paths (limit 108 bytes)", s.runtimeDir)
 	}
 	return nil
@@ -546,6 +547,9 @@ func restartDelay(n int, ceiling time.Duration) time.Duration {
 func (s *Supervisor) watch(m *managed, r *running) {
 	go func() {
 		<-r.exited
+		// go-plugin's side of a plugin that died: its connection, broker
+		// and socket directory (a no-op after an intended stop).
+		r.client.Kill()
 		s.mu.Lock()
 		stopping := s.stopping
 		s.mu.Unlock()
