@@ -174,7 +174,8 @@ type Feed struct {
 	conn *net.UnixConn
 }
 
-// Next returns the next event and, for a handoff, the session's descriptor.
+// Next returns the next event and, for a handoff, the session's descriptor
+// (any other event comes without one: a descriptor sent with it is closed).
 func (f *Feed) Next() (Event, *os.File, error) {
 	buf := make([]byte, maxEventLen)
 	oob := make([]byte, unix.CmsgSpace(4*4))
@@ -208,6 +209,12 @@ func (f *Feed) Next() (Event, *os.File, error) {
 	}
 	if ev.Type == EventHandoff && file == nil {
 		return Event{}, nil, errors.New("session: handoff without a descriptor")
+	}
+	if ev.Type != EventHandoff && file != nil {
+		// Only a handoff carries a descriptor: the caller would keep a
+		// stray one open for ever.
+		file.Close()
+		file = nil
 	}
 	return ev, file, nil
 }
