@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -861,7 +860,10 @@ func extractBlobArg(req *pb.RunRequest, member string, pool *dataplane.BufferPoo
 		if i > 0 {
 			args = append(args, ',')
 		}
-		args = strconv.AppendQuote(args, m.Key)
+		// JSON's quoting, not Go's: strconv writes \x01 and \a, which are
+		// not JSON, so the plugin would refuse the whole object.
+		key, _ := json.Marshal(m.Key)
+		args = append(args, key...)
 		args = append(args, ':')
 		if i == idx {
 			args = append(args, `""`...)
