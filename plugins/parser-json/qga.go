@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
@@ -18,11 +19,7 @@ import (
 // qgaDialect speaks QEMU's guest agent protocol: {"execute", "arguments",
 // "id"} in, {"return"} or {"error": {"class", "desc"}} out, one JSON value per
 // line, with 0xFF resynchronisation.
-type qgaDialect struct {
-	// buffers recycles reply buffers: a 48 MiB file read encodes into
-	// 64 MiB of base64, which should not be a fresh allocation each time.
-	buffers dataplane.BufferPool
-}
+type qgaDialect struct{}
 
 func (*qgaDialect) Name() string { return "qga" }
 
@@ -30,24 +27,58 @@ func (*qgaDialect) Name() string { return "qga" }
 const readBufSize = 256 << 10
 
 func (q *qgaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) error {
-	sp := &splitter{max: s.MaxRequestBytes(), pool: &q.buffers}
+	// Large requests and replies come from the engine's pool: a 48 MiB
+	// file read encodes into 64 MiB of base64, which should not be a fresh
+	// allocation each time, and the engine gives the pool's memory back
+	// once the session calms down.
+	pool := s.Buffers()
+	sp := &splitter{max: s.MaxRequestBytes(), pool: pool}
 	buf := make([]byte, readBufSize)
+	idle := s.RequestIdleTimeout()
+	var partialDeadline time.Time // when the partial request is given up
 	for {
-		n, err := s.Read(buf)
+		// What the peer makes the agent hold is bounded: a session over
+		// its memory budget reads nothing until its replies went out.
+		err := s.WaitRoom(ctx, partialDeadline)
+		n := 0
+		if err == nil {
+			n, err = s.Read(buf)
+		}
 		if n > 0 {
 			sp.feed(buf[:n], func(value []byte, owned bool, problem string) {
 				if problem != "" {
 					writeReply(s, errorReply(nil, sdk.ClassGenericError, problem, false))
 					return
 				}
-				q.serveOne(ctx, s, value, owned)
+				q.serveOne(ctx, s, value, owned, pool)
 			})
+			s.HoldPending(sp.held())
+			// A peer that stops in the middle of a request must not keep
+			// its bytes for ever.
+			switch {
+			case idle > 0 && sp.partial():
+				partialDeadline = time.Now().Add(idle)
+				s.SetReadDeadline(partialDeadline)
+			case !partialDeadline.IsZero():
+				partialDeadline = time.Time{}
+				s.SetReadDeadline(partialDeadline)
+			}
 		}
 		if err != nil {
+			if !partialDeadline.IsZero() && sdk.IsTimeout(err) {
+				sp.reset()
+				s.HoldPending(0)
+				partialDeadline = time.Time{}
+				s.SetReadDeadline(partialDeadline)
+				writeReply(s, errorReply(nil, sdk.ClassGenericError,
+					fmt.Sprintf("request discarded: nothing more of it arrived for %s (limit request_idle_timeout)", idle), false))
+				continue
+			}
 			if errors.Is(err, io.EOF) && s.Persistent() {
 				// virtio-serial: the host closed its end. Drop the partial
 				// request and wait, without polling, for it to come back.
 				sp.reset()
+				s.HoldPending(0)
 				if werr := s.WaitHost(ctx); werr != nil {
 					return werr
 				}
@@ -72,12 +103,12 @@ func writeReply(s *sdk.StreamSession, b []byte) {
 
 // serveOne decodes one request and runs it; the reply is written when the
 // command completes (commands of different plugins run side by side).
-func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value []byte, owned bool) {
+func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value []byte, owned bool, pool *dataplane.BufferPool) {
 	req, errReply := decodeRequest(value)
 	if errReply != nil {
 		writeReply(s, errReply)
 		if owned {
-			q.buffers.Put(value)
+			pool.Put(value)
 		}
 		return
 	}
@@ -96,14 +127,14 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 				return
 			}
 		}
-		reply := encodeOutcome(o, id, delimited, q.buffers.Get)
+		reply := encodeOutcome(o, id, delimited, pool.Get)
 		o.Done()
 		if reply != nil {
 			writeOutcome(s, o, reply)
 		}
-		q.buffers.Put(reply)
+		pool.Put(reply)
 		if owned {
-			q.buffers.Put(value) // nothing refers to the request any more
+			pool.Put(value) // nothing refers to the request any more
 		}
 	})
 }

@@ -42,6 +42,18 @@ type emitFunc func(value []byte, owned bool, problem string)
 // instead of being reused (a megabyte write is not copied again).
 const handOver = 64 << 10
 
+// partial reports whether a request has started and not ended.
+func (s *splitter) partial() bool { return s.started }
+
+// held is the memory the partial request holds (none while skipping one
+// over the limit).
+func (s *splitter) held() int64 {
+	if !s.started || s.skipping {
+		return 0
+	}
+	return int64(cap(s.cur))
+}
+
 func (s *splitter) reset() {
 	s.cur = s.cur[:0]
 	s.started, s.inString, s.escape, s.scalar, s.skipping = false, false, false, false, false

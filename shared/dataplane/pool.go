@@ -10,6 +10,10 @@ import (
 // costs page faults and garbage collection far above the copy itself.
 type BufferPool struct {
 	classes [maxClass - minClass + 1]sync.Pool
+	// Handed, when set, is called each time Get hands out a pooled
+	// buffer: whoever owns the pool learns that memory went into it and
+	// can give it back to the system once things calm down.
+	Handed func()
 }
 
 const (
@@ -30,6 +34,9 @@ func (p *BufferPool) Get(n int) []byte {
 	c := class(n)
 	if p == nil || n < 1<<(minClass-2) || c > maxClass {
 		return make([]byte, n)
+	}
+	if p.Handed != nil {
+		p.Handed()
 	}
 	if b, ok := p.classes[c-minClass].Get().(*[]byte); ok {
 		return (*b)[:n]

@@ -98,10 +98,15 @@ type ParserEngine struct {
 
 	freeze freezeGuard
 	// textPool recycles the base64 text of read-ahead results, blobPool
-	// the decoded data of requests (guest-file-write).
-	textPool dataplane.BufferPool
-	blobPool dataplane.BufferPool
-	memory   memoryReturner
+	// the decoded data of requests (guest-file-write), dialectPool the
+	// requests and replies of the dialects (StreamSession.Buffers). All
+	// three tell memory when they hand out a buffer, so whatever filled
+	// them (a transfer, a burst of oversized input) is given back to the
+	// system seconds after it stops.
+	textPool    dataplane.BufferPool
+	blobPool    dataplane.BufferPool
+	dialectPool dataplane.BufferPool
+	memory      memoryReturner
 
 	mu        sync.RWMutex
 	cfg       *pb.ConfigureParserRequest
@@ -153,6 +158,10 @@ type resolvedLimits struct {
 	maxSessions    int64
 	maxInFlight    int64
 	readAheadMax   int64 // 0: no read-ahead
+	sessionMemory  int64
+	channelMemory  int64
+	writeTimeout   time.Duration // 0: none
+	requestIdle    time.Duration // 0: none
 }
 
 type channelState struct {
@@ -161,6 +170,7 @@ type channelState struct {
 	allow    map[string]bool
 	block    map[string]bool
 	sessions atomic.Int64
+	budget   *budget
 }
 
 func (c *channelState) enabled(command string) bool {
@@ -177,6 +187,9 @@ func (c *channelState) enabled(command string) bool {
 func NewParserEngine(p *ParserPlugin, broker *plugin.GRPCBroker) *ParserEngine {
 	e := &ParserEngine{plugin: p, broker: broker, logger: p.Logger, plugins: map[string]*pluginConn{}}
 	e.freeze.logger, e.freeze.thaw = p.Logger, e.thawOnOwnAccord
+	e.textPool.Handed = e.memory.bulkDone
+	e.blobPool.Handed = e.memory.bulkDone
+	e.dialectPool.Handed = e.memory.bulkDone
 	return e
 }
 
@@ -203,6 +216,10 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		maxSessions:    orDefault(req.GetLimits().GetMaxSessions(), DefaultMaxSessions),
 		maxInFlight:    orDefault(req.GetLimits().GetMaxInFlight(), DefaultMaxInFlight),
 		readAheadMax:   readAheadLimit(req.GetLimits().GetReadAheadMaxBytes()),
+		sessionMemory:  orDefault(req.GetLimits().GetSessionMemoryMaxBytes(), DefaultSessionMemoryMax),
+		channelMemory:  orDefault(req.GetLimits().GetChannelMemoryMaxBytes(), DefaultChannelMemoryMax),
+		writeTimeout:   durationLimit(req.GetLimits().GetWriteTimeoutMs(), DefaultWriteTimeout),
+		requestIdle:    durationLimit(req.GetLimits().GetRequestIdleTimeoutMs(), DefaultRequestIdleTimeout),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -246,7 +263,8 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		if d == nil {
 			return nil, fmt.Errorf("parser: channel %s: dialect %q is not served by %s", c.Name, c.Dialect, e.plugin.Name)
 		}
-		st := &channelState{cfg: c, dialect: d, allow: toSet(c.Allow), block: toSet(c.Block)}
+		st := &channelState{cfg: c, dialect: d, allow: toSet(c.Allow), block: toSet(c.Block),
+			budget: newBudget(lim.channelMemory, lim.sessionMemory)}
 		e.channels[c.Name] = st
 		if req.InboxDir == "" {
 			continue
@@ -262,6 +280,18 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 	}
 	releaseStartupMemory()
 	return resp, nil
+}
+
+// durationLimit resolves a limit in milliseconds: 0 is the default, a
+// negative value means none (0).
+func durationLimit(ms int64, def time.Duration) time.Duration {
+	switch {
+	case ms < 0:
+		return 0
+	case ms == 0:
+		return def
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // freezeMax resolves fsfreeze_max_ms: 0 is the default, a negative value
@@ -312,7 +342,8 @@ func (e *ParserEngine) ParseRequest(ctx context.Context, req *pb.ParseRequestReq
 	if d == nil {
 		return nil, fmt.Errorf("parser: dialect %q is not served", req.Dialect)
 	}
-	st := &channelState{cfg: &pb.ChannelConfig{Name: "parse-request", Dialect: req.Dialect}, dialect: d}
+	st := &channelState{cfg: &pb.ChannelConfig{Name: "parse-request", Dialect: req.Dialect}, dialect: d,
+		budget: newBudget(DefaultChannelMemoryMax, DefaultSessionMemoryMax)}
 	caller := req.Caller
 	if caller == nil {
 		caller = &pb.Caller{Channel: st.cfg.Name, Dialect: req.Dialect, PeerPid: -1}
@@ -557,6 +588,7 @@ func (e *ParserEngine) serveStream(ctx context.Context, st *channelState, s *Str
 		e.logger.Debug("session ended", "channel", st.cfg.Name, "origin", s.origin, "error", err)
 	}
 	s.wait()
+	s.HoldPending(0)
 	// The host that asked is gone (a virtio-serial host may come back and
 	// read the same handle on: it must find the position it left).
 	s.dropAhead()
@@ -1023,6 +1055,12 @@ type StreamSession struct {
 	hostCh    chan struct{} // closed and replaced on every host event
 	lastGen   uint64
 	inflight  chan struct{}
+	// hold counts what the session holds against its memory budget;
+	// pending is the partial request's share (HoldPending), over whether
+	// the session is paused.
+	hold      sessionHold
+	pending   int64
+	over      atomic.Bool
 	done      chan struct{} // closed when the session ends
 	wg        sync.WaitGroup
 	queuesMu  sync.Mutex
@@ -1050,6 +1088,7 @@ func (e *ParserEngine) newStreamSession(st *channelState, conn io.ReadWriteClose
 		hostUp:     true,
 		hostCh:     make(chan struct{}),
 		inflight:   make(chan struct{}, lim.maxInFlight),
+		hold:       sessionHold{b: st.budget},
 		done:       make(chan struct{}),
 		queues:     map[string]*pluginQueue{},
 		maxReqLen:  lim.maxRequest,
@@ -1065,7 +1104,11 @@ func (s *StreamSession) Read(p []byte) (int, error) { return s.conn.Read(p) }
 func (s *StreamSession) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	return s.conn.Write(p)
+	if err := s.writeParts([][]byte{p}); err != nil {
+		s.writeStalled(err)
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // WriteBuffers writes one whole reply given in parts (with one writev on a
@@ -1073,24 +1116,38 @@ func (s *StreamSession) Write(p []byte) (int, error) {
 func (s *StreamSession) WriteBuffers(parts net.Buffers) (int64, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	return parts.WriteTo(s.conn)
+	var n int64
+	for _, p := range parts {
+		n += int64(len(p))
+	}
+	if err := s.writeParts(parts); err != nil {
+		s.writeStalled(err)
+		return 0, err
+	}
+	return n, nil
 }
 
 // WriteReply writes the reply to the outcome of Go, given in parts, unless
 // the host resynchronised or reconnected since its request arrived: then
 // the reply is dropped (written reports false), as the host gave up on it.
 func (s *StreamSession) WriteReply(o *Outcome, parts ...[]byte) (written bool, err error) {
+	// The reply counts against the budget while it waits for the replies
+	// ahead of it, too.
+	var size int64
+	for _, p := range parts {
+		size += int64(len(p))
+	}
+	s.hold.add(size)
+	defer s.hold.add(-size)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if o.epoch != s.epoch.Load() {
 		s.Logger().Debug("reply dropped: the host resynchronised since its request", "origin", s.origin)
 		return false, nil
 	}
-	if len(parts) == 1 {
-		_, err = s.conn.Write(parts[0])
-	} else {
-		bufs := net.Buffers(parts)
-		_, err = bufs.WriteTo(s.conn)
+	err = s.writeParts(parts)
+	if err != nil {
+		s.writeStalled(err)
 	}
 	return err == nil, err
 }
@@ -1102,6 +1159,10 @@ func (s *StreamSession) newEpoch() {
 	s.epoch.Add(1)
 	s.wmu.Unlock()
 }
+
+// Buffers is the pool a dialect takes its large request and reply buffers
+// from; the engine gives its memory back to the system once idle.
+func (s *StreamSession) Buffers() *dataplane.BufferPool { return &s.e.dialectPool }
 
 // MaxRequestBytes is the configured limit on one request.
 func (s *StreamSession) MaxRequestBytes() int64 { return s.maxReqLen }
@@ -1161,8 +1222,16 @@ func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMes
 		s.newEpoch()
 	}
 	epoch := s.epoch.Load()
+	// The request counts against the memory budget until its reply is
+	// written or dropped.
+	held := int64(len(args))
+	s.hold.add(held)
 	arrived := done
-	done = func(o *Outcome) { o.epoch = epoch; arrived(o) }
+	done = func(o *Outcome) {
+		o.epoch = epoch
+		arrived(o)
+		s.hold.add(-held)
+	}
 	s.e.mu.RLock()
 	route := s.e.routes[command]
 	routesPending := s.e.routesReady != nil
@@ -1203,6 +1272,7 @@ func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMes
 	select {
 	case s.inflight <- struct{}{}:
 	case <-ctx.Done():
+		s.hold.add(-held)
 		return
 	}
 	s.wg.Add(1)

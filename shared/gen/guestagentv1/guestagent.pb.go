@@ -1472,8 +1472,21 @@ type Limits struct {
 	// thaws it on its own (a host that froze and went away must not leave the
 	// guest frozen for ever). 0: the default (10 minutes), negative: no limit.
 	FsfreezeMaxMs int64 `protobuf:"varint,6,opt,name=fsfreeze_max_ms,json=fsfreezeMaxMs,proto3" json:"fsfreeze_max_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Added in 1.2. Bytes held on behalf of one session (requests queued or
+	// running, replies being written, the partial request being read), and of
+	// all sessions of a channel together: a session over either stops
+	// reading until replies have gone out. 0: the defaults (192 MiB, 512 MiB).
+	SessionMemoryMaxBytes int64 `protobuf:"varint,7,opt,name=session_memory_max_bytes,json=sessionMemoryMaxBytes,proto3" json:"session_memory_max_bytes,omitempty"`
+	ChannelMemoryMaxBytes int64 `protobuf:"varint,8,opt,name=channel_memory_max_bytes,json=channelMemoryMaxBytes,proto3" json:"channel_memory_max_bytes,omitempty"`
+	// Added in 1.2. A peer that reads nothing of a reply for write_timeout_ms
+	// has stopped reading: a socket session is closed, a virtio-serial one
+	// drops the reply. A request whose next bytes do not come within
+	// request_idle_timeout_ms is discarded with an error. 0: the defaults
+	// (60 s, 30 s), negative: no limit.
+	WriteTimeoutMs       int64 `protobuf:"varint,9,opt,name=write_timeout_ms,json=writeTimeoutMs,proto3" json:"write_timeout_ms,omitempty"`
+	RequestIdleTimeoutMs int64 `protobuf:"varint,10,opt,name=request_idle_timeout_ms,json=requestIdleTimeoutMs,proto3" json:"request_idle_timeout_ms,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1544,6 +1557,34 @@ func (x *Limits) GetReadAheadMaxBytes() int64 {
 func (x *Limits) GetFsfreezeMaxMs() int64 {
 	if x != nil {
 		return x.FsfreezeMaxMs
+	}
+	return 0
+}
+
+func (x *Limits) GetSessionMemoryMaxBytes() int64 {
+	if x != nil {
+		return x.SessionMemoryMaxBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetChannelMemoryMaxBytes() int64 {
+	if x != nil {
+		return x.ChannelMemoryMaxBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetWriteTimeoutMs() int64 {
+	if x != nil {
+		return x.WriteTimeoutMs
+	}
+	return 0
+}
+
+func (x *Limits) GetRequestIdleTimeoutMs() int64 {
+	if x != nil {
+		return x.RequestIdleTimeoutMs
 	}
 	return 0
 }
@@ -2069,14 +2110,19 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\adialect\x18\x02 \x01(\tR\adialect\x12\x14\n" +
 	"\x05allow\x18\x03 \x03(\tR\x05allow\x12\x14\n" +
 	"\x05block\x18\x04 \x03(\tR\x05block\x12,\n" +
-	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\"\x82\x02\n" +
+	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\"\xd5\x03\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_request_bytes\x18\x01 \x01(\x03R\x0fmaxRequestBytes\x12,\n" +
 	"\x12command_timeout_ms\x18\x02 \x01(\x03R\x10commandTimeoutMs\x12!\n" +
 	"\fmax_sessions\x18\x03 \x01(\x03R\vmaxSessions\x12\"\n" +
 	"\rmax_in_flight\x18\x04 \x01(\x03R\vmaxInFlight\x12/\n" +
 	"\x14read_ahead_max_bytes\x18\x05 \x01(\x03R\x11readAheadMaxBytes\x12&\n" +
-	"\x0ffsfreeze_max_ms\x18\x06 \x01(\x03R\rfsfreezeMaxMs\"\xfc\x02\n" +
+	"\x0ffsfreeze_max_ms\x18\x06 \x01(\x03R\rfsfreezeMaxMs\x127\n" +
+	"\x18session_memory_max_bytes\x18\a \x01(\x03R\x15sessionMemoryMaxBytes\x127\n" +
+	"\x18channel_memory_max_bytes\x18\b \x01(\x03R\x15channelMemoryMaxBytes\x12(\n" +
+	"\x10write_timeout_ms\x18\t \x01(\x03R\x0ewriteTimeoutMs\x125\n" +
+	"\x17request_idle_timeout_ms\x18\n" +
+	" \x01(\x03R\x14requestIdleTimeoutMs\"\xfc\x02\n" +
 	"\x16ConfigureParserRequest\x128\n" +
 	"\bchannels\x18\x01 \x03(\v2\x1c.guestagent.v1.ChannelConfigR\bchannels\x12,\n" +
 	"\x06routes\x18\x02 \x03(\v2\x14.guestagent.v1.RouteR\x06routes\x12-\n" +

@@ -65,6 +65,20 @@ type Limits struct {
 	// FsfreezeMax bounds how long the guest stays frozen before the agent
 	// thaws it on its own, e.g. "10m" (the default); "0" or "off": no limit.
 	FsfreezeMax string `hcl:"fsfreeze_max,optional"`
+	// SessionMemoryMax and ChannelMemoryMax bound the bytes held for one
+	// session and for all sessions of a channel (requests queued or
+	// running, replies being written, a partial request): over either, a
+	// session reads nothing more until replies have gone out. Defaults
+	// 192 MiB and 512 MiB.
+	SessionMemoryMax int64 `hcl:"session_memory_max,optional"`
+	ChannelMemoryMax int64 `hcl:"channel_memory_max,optional"`
+	// WriteTimeout: a peer that reads nothing of a reply for this long has
+	// stopped reading (socket: session closed; virtio-serial: reply
+	// dropped). RequestIdleTimeout: a request whose next bytes do not come
+	// for this long is discarded with an error. Defaults "60s" and "30s";
+	// "off": no limit.
+	WriteTimeout       string `hcl:"write_timeout,optional"`
+	RequestIdleTimeout string `hcl:"request_idle_timeout,optional"`
 }
 
 // Channel pairs an exchange method with a parser dialect.
@@ -187,10 +201,56 @@ func (c *Config) Validate() error {
 	if _, err := c.Limits.FreezeMax(); err != nil {
 		return err
 	}
+	if _, _, err := c.Limits.Deadlines(); err != nil {
+		return err
+	}
+	if l := c.Limits; l != nil {
+		maxReq := l.MaxRequestBytes
+		if maxReq <= 0 {
+			maxReq = 64 << 20
+		}
+		// A request must fit in the budget, or its session would wait
+		// for room that only the rest of that request could make.
+		if l.SessionMemoryMax > 0 && l.SessionMemoryMax < maxReq+1<<20 {
+			return fmt.Errorf("limits.session_memory_max (%d) must exceed max_request_bytes (%d) by 1 MiB at least", l.SessionMemoryMax, maxReq)
+		}
+		if l.ChannelMemoryMax > 0 && l.SessionMemoryMax > 0 && l.ChannelMemoryMax < l.SessionMemoryMax {
+			return fmt.Errorf("limits.channel_memory_max (%d) must not be below session_memory_max (%d)", l.ChannelMemoryMax, l.SessionMemoryMax)
+		}
+	}
 	if _, err := c.BackoffMax(); err != nil {
 		return err
 	}
 	return nil
+}
+
+// optionalDuration parses a duration limit: "" is 0 (the default), "off"
+// is -1 (no limit).
+func optionalDuration(name, v string) (time.Duration, error) {
+	switch v {
+	case "":
+		return 0, nil
+	case "off":
+		return -1, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("limits.%s: %q is not a positive duration (e.g. \"30s\") or \"off\"", name, v)
+	}
+	return d, nil
+}
+
+// Deadlines returns write_timeout and request_idle_timeout: 0 for the
+// default, -1 for none.
+func (l *Limits) Deadlines() (write, requestIdle time.Duration, err error) {
+	if l == nil {
+		return 0, 0, nil
+	}
+	if write, err = optionalDuration("write_timeout", l.WriteTimeout); err != nil {
+		return 0, 0, err
+	}
+	requestIdle, err = optionalDuration("request_idle_timeout", l.RequestIdleTimeout)
+	return write, requestIdle, err
 }
 
 // DefaultFsfreezeMax is how long a freeze may last unless configured.

@@ -547,9 +547,6 @@ func restartDelay(n int, ceiling time.Duration) time.Duration {
 func (s *Supervisor) watch(m *managed, r *running) {
 	go func() {
 		<-r.exited
-		// go-plugin's side of a plugin that died: its connection, broker
-		// and socket directory (a no-op after an intended stop).
-		r.client.Kill()
 		s.mu.Lock()
 		stopping := s.stopping
 		s.mu.Unlock()
@@ -563,8 +560,11 @@ func (s *Supervisor) watch(m *managed, r *running) {
 		}
 		m.mu.Unlock()
 		if stopping || !current {
-			return
+			return // stopped on purpose: stop() cleans up
 		}
+		// go-plugin's side of a plugin that died: its connection, broker
+		// and socket directory.
+		r.client.Kill()
 		s.logger.Warn("plugin exited unexpectedly", "plugin", m.found.Name, "pid", r.pid)
 		switch m.info.Kind {
 		case pb.Kind_KIND_COMMAND:
@@ -678,7 +678,23 @@ func (s *Supervisor) limits() *pb.Limits {
 		return &pb.Limits{FsfreezeMaxMs: freezeMaxMs}
 	}
 	d, _ := l.Timeout()
-	return &pb.Limits{MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(), MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight, ReadAheadMaxBytes: l.ReadAheadMaxBytes, FsfreezeMaxMs: freezeMaxMs}
+	write, idle, _ := l.Deadlines()
+	return &pb.Limits{
+		MaxRequestBytes: l.MaxRequestBytes, CommandTimeoutMs: d.Milliseconds(),
+		MaxSessions: l.MaxSessions, MaxInFlight: l.MaxInFlight, ReadAheadMaxBytes: l.ReadAheadMaxBytes,
+		FsfreezeMaxMs:         freezeMaxMs,
+		SessionMemoryMaxBytes: l.SessionMemoryMax, ChannelMemoryMaxBytes: l.ChannelMemoryMax,
+		WriteTimeoutMs: msOrNone(write), RequestIdleTimeoutMs: msOrNone(idle),
+	}
+}
+
+// msOrNone converts a limit for the wire: 0 stays the default, a negative
+// duration stays "none".
+func msOrNone(d time.Duration) int64 {
+	if d < 0 {
+		return -1
+	}
+	return d.Milliseconds()
 }
 
 func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
