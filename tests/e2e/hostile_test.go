@@ -202,3 +202,22 @@ func boundSockets(t *testing.T, pid int) []string {
 	}
 	return out
 }
+
+// The peer's credentials (SO_PEERCRED) reach the command plugin with every
+// request, on a listener the parser serves itself: what a policy on local
+// callers needs.
+func TestPeerIdentityReachesPlugins(t *testing.T) {
+	a := startAgent(t)
+	c := harness.MustDial(t, a.Socket)
+	var caller struct {
+		Channel string `json:"channel"`
+		Dialect string `json:"dialect"`
+		PID     int    `json:"peer-pid"`
+		UID     int    `json:"peer-uid"`
+		GID     int    `json:"peer-gid"`
+	}
+	decodeReturn(t, call(t, c, `{"execute":"test-caller"}`+"\n"), &caller)
+	if caller.Channel != "qga" || caller.Dialect != "qga" || caller.PID != os.Getpid() || caller.UID != os.Getuid() || caller.GID != os.Getgid() {
+		t.Fatalf("the plugin saw caller %+v; want channel qga, pid %d, uid %d, gid %d", caller, os.Getpid(), os.Getuid(), os.Getgid())
+	}
+}

@@ -35,6 +35,14 @@ func main() {
 				},
 			},
 			{
+				Name: "test-caller", Description: "returns who called: channel, dialect and the peer's credentials",
+				Handler: func(_ context.Context, call *sdk.Call) (any, error) {
+					c := call.Caller
+					return map[string]any{"channel": c.GetChannel(), "dialect": c.GetDialect(),
+						"peer-pid": c.GetPeerPid(), "peer-uid": c.GetPeerUid(), "peer-gid": c.GetPeerGid()}, nil
+				},
+			},
+			{
 				Name: "test-pid", Description: "returns the plugin's pid",
 				Handler: func(context.Context, *sdk.Call) (any, error) {
 					return map[string]int{"pid": os.Getpid()}, nil
