@@ -25,6 +25,9 @@ build:
 	@for p in $(PLUGINS); do \
 		(cd plugins/$$p && $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/guest-agent-$$p .) || exit 1; \
 	done
+	@# Each plugin's manifest beside it: the agent knows every command at boot
+	@# without starting a plugin (packagers run the same command at install).
+	$(BIN)/guest-agent manifest --write $(addprefix $(BIN)/guest-agent-,$(PLUGINS))
 
 # Runs the agent with every in-tree plugin on ./run/qga.sock.
 run: build

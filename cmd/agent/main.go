@@ -73,6 +73,7 @@ func newRootCmd() *cobra.Command {
 		Use: "plugins", Short: "List discovered plugins, their versions and what they serve",
 		RunE: func(cmd *cobra.Command, _ []string) error { return listPlugins(cmd.Context(), cmd.OutOrStdout(), f) },
 	})
+	root.AddCommand(newManifestCmd())
 	cfgCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
 	cfgCmd.AddCommand(&cobra.Command{
 		Use: "dump", Short: "Print the effective configuration (file and flags merged)",

@@ -1,14 +1,17 @@
 package supervisor
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -38,7 +41,7 @@ func Discover(dirs []string) ([]Found, error) {
 		}
 		for _, e := range entries {
 			name := e.Name()
-			if !strings.HasPrefix(name, BinaryPrefix) || strings.HasSuffix(name, ".sha256") {
+			if !strings.HasPrefix(name, BinaryPrefix) || strings.HasSuffix(name, ".sha256") || strings.HasSuffix(name, ManifestSuffix) {
 				continue
 			}
 			path := filepath.Join(dir, name)
@@ -67,10 +70,20 @@ func Discover(dirs []string) ([]Found, error) {
 
 // infoCache remembers each plugin's Info by binary identity (path, size,
 // modification time), so a cold start need not launch plugins that will
-// only start on their first command.
+// only start on their first command. It serves plugins without a valid
+// manifest (see manifest.go).
+//
+// It is written only in the background (saveInBackground), never under the
+// supervisor's lock nor on a request's path: the state directory may be on
+// a frozen filesystem, where a write blocks until the thaw.
 type infoCache struct {
-	path    string
+	path string
+
+	mu      sync.Mutex            // guards Entries and dirty
 	Entries map[string]cacheEntry `json:"entries"`
+	dirty   bool
+	// saving is held by the one goroutine writing the file.
+	saving sync.Mutex
 }
 
 type cacheEntry struct {
@@ -82,9 +95,11 @@ func loadInfoCache(path string) *infoCache {
 	c := &infoCache{path: path, Entries: map[string]cacheEntry{}}
 	b, err := os.ReadFile(path)
 	if err == nil {
-		_ = json.Unmarshal(b, c)
-		if c.Entries == nil {
-			c.Entries = map[string]cacheEntry{}
+		var file struct {
+			Entries map[string]cacheEntry `json:"entries"`
+		}
+		if json.Unmarshal(b, &file) == nil && file.Entries != nil {
+			c.Entries = file.Entries
 		}
 	}
 	return c
@@ -99,8 +114,11 @@ func binaryKey(path string) string {
 }
 
 func (c *infoCache) get(f Found) *pb.InfoResponse {
+	key := binaryKey(f.Path)
+	c.mu.Lock()
 	e, ok := c.Entries[f.Name]
-	if !ok || e.Key != binaryKey(f.Path) {
+	c.mu.Unlock()
+	if !ok || e.Key != key {
 		return nil
 	}
 	info := &pb.InfoResponse{}
@@ -115,14 +133,53 @@ func (c *infoCache) put(f Found, info *pb.InfoResponse) {
 	if err != nil {
 		return
 	}
-	c.Entries[f.Name] = cacheEntry{Key: binaryKey(f.Path), Info: b}
+	key := binaryKey(f.Path)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.Entries[f.Name]; ok && e.Key == key && bytes.Equal(e.Info, b) {
+		return
+	}
+	c.Entries[f.Name] = cacheEntry{Key: key, Info: b}
+	c.dirty = true
 }
 
-func (c *infoCache) save() error {
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return err
-	}
+// saveInBackground writes the cache, if anything changed, from a goroutine
+// of its own. One goroutine writes at a time; a change made meanwhile is
+// written by that goroutine after its current write, so a write blocked by
+// a frozen filesystem holds up nothing but later writes of the cache.
+func (c *infoCache) saveInBackground(logger hclog.Logger) {
+	go func() {
+		if !c.saving.TryLock() {
+			return // the writing goroutine sees dirty and writes again
+		}
+		for {
+			c.mu.Lock()
+			if !c.dirty {
+				// Released under c.mu: a put after this starts a writer.
+				c.saving.Unlock()
+				c.mu.Unlock()
+				return
+			}
+			b, err := json.MarshalIndent(struct {
+				Entries map[string]cacheEntry `json:"entries"`
+			}{c.Entries}, "", "  ")
+			c.dirty = false
+			c.mu.Unlock()
+			if err == nil {
+				err = c.write(b)
+			}
+			if err != nil {
+				logger.Warn("plugin info cache not saved", "error", err)
+				c.mu.Lock()
+				c.saving.Unlock()
+				c.mu.Unlock()
+				return
+			}
+		}
+	}()
+}
+
+func (c *infoCache) write(b []byte) error {
 	tmp := c.path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("plugin info cache: %w", err)

@@ -57,20 +57,29 @@ type Supervisor struct {
 	ctx       context.Context
 	reopening sync.Mutex
 	inboxes   map[string]string // channel → parser inbox socket
-	// cache remembers plugin Info by binary; deferred are the command
-	// plugins to learn in the background (first boot).
+	// cache remembers plugin Info by binary for plugins without a valid
+	// manifest; deferred are the command plugins to learn in the
+	// background (neither manifest nor cache entry).
 	cache    *infoCache
 	deferred []*managed
+	// routesPush serialises giving new routes to the parsers.
+	routesPush sync.Mutex
 	// handedOver marks channels whose exchange gave its transport to the
 	// parser (a listening socket): such an exchange is stopped while idle.
 	handedOver map[string]bool
 }
 
 // managed is one plugin under supervision.
+//
+// Lock order: m.mu before s.mu, never the other way round. info is written
+// under both (checkBelievedInfo): read it under either.
 type managed struct {
 	found Found
 	info  *pb.InfoResponse
 	cfg   *config.Plugin
+	// believed names where info came from without asking this binary
+	// ("manifest", "cache"); its first start checks it (under mu).
+	believed string
 
 	mu        sync.Mutex
 	run       *running
@@ -126,12 +135,15 @@ func (s *Supervisor) Prepare() error {
 	return nil
 }
 
-// Load discovers plugins and learns what each serves, launching those not in
-// the info cache. It keeps running the ones it launched only if keep says so.
+// Load discovers plugins and learns what each serves: from the manifest
+// beside its binary when that manifest describes the binary (no launch),
+// else from the info cache, else by launching it. It keeps running the ones
+// it launched only if keepAfterInfo says so.
 //
-// Unless waitAll is set, command plugins missing from the cache are learnt
-// in the background once the channels serve (see learnDeferred): a first
-// boot answers its first ping as soon as a warm one does.
+// Unless waitAll is set, command plugins with neither a manifest nor a cache
+// entry are learnt in the background once the channels serve (see
+// learnDeferred): a first boot answers its first ping as soon as a warm one
+// does.
 func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 	found, err := Discover(s.opts.PluginDirs)
 	if err != nil {
@@ -153,9 +165,17 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 		}
 		m := &managed{found: f, cfg: pcfg}
 		s.plugins[f.Name] = m
+		info, err := loadManifest(f.Path, pcfg.Checksum)
+		if err == nil {
+			m.info, m.believed = info, "manifest"
+			continue
+		}
+		if !errors.Is(err, errNoManifest) {
+			s.logger.Warn("plugin manifest ignored: learning what the plugin serves by starting it", "plugin", f.Name, "reason", err)
+		}
 		if pcfg.Checksum == "" {
 			if info := cache.get(f); info != nil {
-				m.info = info
+				m.info, m.believed = info, "cache"
 				continue
 			}
 		}
@@ -202,9 +222,7 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 			delete(s.plugins, name)
 		}
 	}
-	if err := cache.save(); err != nil {
-		s.logger.Warn("plugin info cache not saved", "error", err)
-	}
+	cache.saveInBackground(s.logger)
 	s.mu.Lock()
 	s.buildRegistry()
 	s.mu.Unlock()
@@ -228,8 +246,8 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 				s.logger.Error("plugin not loaded", "plugin", m.found.Name, "error", err)
 				return
 			}
-			s.mu.Lock()
 			s.cache.put(m.found, m.info)
+			s.mu.Lock()
 			s.plugins[m.found.Name] = m
 			s.mu.Unlock()
 		}()
@@ -238,22 +256,9 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 	s.mu.Lock()
 	s.deferred = nil
 	s.buildRegistry()
-	err := s.cache.save()
 	s.mu.Unlock()
-	if err != nil {
-		s.logger.Warn("plugin info cache not saved", "error", err)
-	}
-	for _, p := range s.uniq(s.parserOf) {
-		p.mu.Lock()
-		r := p.run
-		p.mu.Unlock()
-		if r == nil {
-			continue // a restarting parser gets the routes when configured
-		}
-		if _, err := r.clients.Parser.Configure(ctx, s.parserRequest(p, 0)); err != nil {
-			s.logger.Error("new routes not given to the parser", "plugin", p.found.Name, "error", err)
-		}
-	}
+	s.cache.saveInBackground(s.logger)
+	s.pushRoutes(ctx)
 	s.logger.Info("command plugins learnt", "commands", len(s.routes)+len(sdk.CoreCommands()))
 }
 
@@ -422,7 +427,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	if !s.lazy {
 		for _, m := range s.plugins {
-			if m.info.Kind == pb.Kind_KIND_COMMAND {
+			if s.kindOf(m) == pb.Kind_KIND_COMMAND {
 				if _, err := s.ensureRunning(ctx, m); err != nil {
 					s.logger.Error("command plugin not started", "plugin", m.found.Name, "error", err)
 				}
@@ -498,6 +503,9 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 		s.noteCrash(m)
 		return nil, err
 	}
+	if m.believed != "" {
+		s.checkBelievedInfo(ctx, m, r)
+	}
 	if m.info.Kind == pb.Kind_KIND_COMMAND {
 		opts, err := config.OptionsJSON(m.cfg.Options)
 		if err == nil {
@@ -566,7 +574,7 @@ func (s *Supervisor) watch(m *managed, r *running) {
 		// and socket directory.
 		r.client.Kill()
 		s.logger.Warn("plugin exited unexpectedly", "plugin", m.found.Name, "pid", r.pid)
-		switch m.info.Kind {
+		switch s.kindOf(m) {
 		case pb.Kind_KIND_COMMAND:
 			if s.lazy {
 				return // restarted by the next command that needs it
@@ -803,8 +811,9 @@ type hostServer struct {
 func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedRequest) (*pb.EnsureStartedResponse, error) {
 	h.s.mu.Lock()
 	m := h.s.plugins[req.Plugin]
+	isCommand := m != nil && m.info.Kind == pb.Kind_KIND_COMMAND
 	h.s.mu.Unlock()
-	if m == nil || m.info.Kind != pb.Kind_KIND_COMMAND {
+	if !isCommand {
 		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
 	}
 	if req.ConnectionLost {
