@@ -100,10 +100,21 @@ func buildInitramfs(t *testing.T, kver, bin string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The plugins with their manifests (guest-agent-*.manifest, written
+	// by make build): the agent knows every command at boot.
+	manifests := 0
 	for _, e := range entries {
 		if e.Name() == "guest-agent" || (strings.HasPrefix(e.Name(), "guest-agent-") && !strings.Contains(e.Name(), "xenstore")) {
-			copyFile(t, filepath.Join(bin, e.Name()), filepath.Join(root, "ga", e.Name()), 0o755)
+			mode := os.FileMode(0o755)
+			if strings.HasSuffix(e.Name(), ".manifest") {
+				mode = 0o644
+				manifests++
+			}
+			copyFile(t, filepath.Join(bin, e.Name()), filepath.Join(root, "ga", e.Name()), mode)
 		}
+	}
+	if manifests == 0 {
+		t.Fatalf("no plugin manifests in %s: run make build", bin)
 	}
 	if err := os.WriteFile(filepath.Join(root, "ga/none.hcl"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -204,10 +215,14 @@ func TestVMVirtioSerial(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 
-	// On a first boot guest-info waits until every command plugin has been
-	// asked what it serves (under TCG that takes seconds): a longer timeout.
-	out, err := guestctl(t, vm.socket, "--timeout", "60s", "info")
-	if err != nil || !strings.Contains(out, "guest-sync-delimited") || !strings.Contains(out, "guest-ping") {
+	// Every boot here is a first boot (the state directory is on a tmpfs):
+	// the plugins' manifests tell the agent every command, so guest-info
+	// lists them all at once, within libvirt's 5 s, without starting a
+	// command plugin.
+	infoStart := time.Now()
+	out, err := guestctl(t, vm.socket, "info")
+	t.Logf("first guest-info (guestctl, with its sync handshake) answered in %s", time.Since(infoStart).Round(time.Millisecond))
+	if err != nil || !strings.Contains(out, "guest-sync-delimited") || !strings.Contains(out, "guest-ping") || !strings.Contains(out, "guest-get-host-name") {
 		t.Fatalf("info: %v\n%s", err, out)
 	}
 	out, err = guestctl(t, vm.socket, "call", "guest-sync", `{"id":31337}`)
