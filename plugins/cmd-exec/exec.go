@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,13 +122,16 @@ type execer struct {
 	mu      sync.Mutex
 	log     hclog.Logger
 	opts    options
-	allowed map[string]bool
+	allowed allowedPrograms // nil: any program
+	env     *envPolicy      // nil: any environment
 	procs   map[int64]*record
 	running int // children holding a max_concurrent slot
 	closing bool
 	// starting counts execs between their slot and their record, so that
 	// shutdown sees every child.
 	starting sync.WaitGroup
+	// testHookChecked runs between the allowed_paths check and the exec.
+	testHookChecked func()
 }
 
 func newExecer(log hclog.Logger, opts options) *execer {
@@ -142,12 +144,12 @@ func (e *execer) setOptions(opts options) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.opts = opts
-	e.allowed = nil
+	e.allowed, e.env = nil, nil
 	if len(opts.AllowedPaths) > 0 {
-		e.allowed = make(map[string]bool, len(opts.AllowedPaths))
-		for _, p := range opts.AllowedPaths {
-			e.allowed[p] = true
-		}
+		e.allowed = newAllowedPrograms(opts.AllowedPaths)
+	}
+	if opts.AllowedEnv != nil {
+		e.env = newEnvPolicy(*opts.AllowedEnv)
 	}
 }
 
@@ -276,18 +278,50 @@ func spawnError(path string, err error) error {
 func (e *execer) start(req *execRequest) (int64, error) {
 	resolved, rerr := resolve(req.path)
 	e.mu.Lock()
+	allowed, env, closing := e.allowed, e.env, e.closing
+	e.mu.Unlock()
+	if closing {
+		return 0, sdk.Errorf("guest-exec refused: cmd-exec is shutting down")
+	}
+	var prog *checkedProgram
+	if allowed != nil {
+		if rerr != nil {
+			e.log.Warn("guest-exec refused by allowed_paths", "path", req.path, "why", "not found")
+			return 0, sdk.Errorf("guest-exec of '%s' refused: not in the allowed_paths of cmd-exec", req.path)
+		}
+		var err error
+		if prog, err = allowed.check(resolved); err != nil {
+			if _, ok := err.(errNotAllowed); !ok {
+				e.log.Error("guest-exec: allowed_paths check failed", "path", req.path, "error", err)
+				return 0, sdk.Errorf("guest-exec of '%s' refused: %v", req.path, err)
+			}
+			e.log.Warn("guest-exec refused by allowed_paths", "path", req.path, "why", err.Error())
+			return 0, sdk.Errorf("guest-exec of '%s' refused: not in the allowed_paths of cmd-exec", req.path)
+		}
+		defer prog.close()
+	} else if rerr != nil {
+		return 0, spawnError(req.path, rerr)
+	}
+	if env != nil && req.env != nil {
+		if why := env.check(req.env); why != "" {
+			e.log.Warn("guest-exec refused by allowed_env", "path", req.path, "why", why)
+			return 0, sdk.Errorf("guest-exec of '%s' refused: %s", req.path, why)
+		}
+	}
+	req.resolved = resolved
+	if prog != nil {
+		req.resolved = prog.execPath
+	}
+	if e.testHookChecked != nil {
+		e.testHookChecked()
+	}
+
+	e.mu.Lock()
 	opts := e.opts
 	switch {
 	case e.closing:
 		e.mu.Unlock()
 		return 0, sdk.Errorf("guest-exec refused: cmd-exec is shutting down")
-	case e.allowed != nil && (rerr != nil || !filepath.IsAbs(resolved) || !e.allowed[filepath.Clean(resolved)]):
-		e.mu.Unlock()
-		e.log.Warn("guest-exec refused by allowed_paths", "path", req.path, "resolved", resolved)
-		return 0, sdk.Errorf("guest-exec of '%s' refused: not in the allowed_paths of cmd-exec", req.path)
-	case rerr != nil:
-		e.mu.Unlock()
-		return 0, spawnError(req.path, rerr)
 	case e.running >= opts.MaxConcurrent:
 		n := e.running
 		e.mu.Unlock()
@@ -296,7 +330,6 @@ func (e *execer) start(req *execRequest) (int64, error) {
 	e.running++
 	e.starting.Add(1)
 	e.mu.Unlock()
-	req.resolved = resolved
 
 	rec, err := e.spawn(req, opts)
 	e.starting.Done()
@@ -305,6 +338,9 @@ func (e *execer) start(req *execRequest) (int64, error) {
 		e.running--
 		e.mu.Unlock()
 		return 0, err
+	}
+	if prog != nil {
+		e.log.Debug("guest-exec of an allowed path", "pid", rec.pid, "path", req.path, "real", prog.realPath)
 	}
 	return rec.pid, nil
 }

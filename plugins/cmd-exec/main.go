@@ -8,6 +8,7 @@ package main
 import (
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/guest-agent/guest-agent/shared/sdk"
@@ -55,6 +56,12 @@ func newPlugin() (*sdk.CommandPlugin, *execer) {
 			ex.log = cfg.Logger
 		}
 		ex.setOptions(opts)
+		if len(opts.AllowedPaths) > 0 {
+			ex.log.Info("guest-exec confined", "allowed_paths", strings.Join(describeAllowed(opts.AllowedPaths), ", "),
+				"allowed_env", strings.Join(*opts.AllowedEnv, ","))
+		} else if opts.AllowedEnv != nil {
+			ex.log.Info("guest-exec environment confined", "allowed_env", strings.Join(*opts.AllowedEnv, ","))
+		}
 		return nil
 	}
 	p.Commands = append(execCommands(ex), negotiatorCommands(ex)...)

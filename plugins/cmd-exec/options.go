@@ -23,8 +23,13 @@ type options struct {
 	// running at once (qemu-ga: no limit).
 	MaxConcurrent int `json:"max_concurrent"`
 	// AllowedPaths, when not empty, lists the only executables guest-exec
-	// may start (absolute paths, compared after PATH lookup and cleaning).
+	// may start (absolute paths, compared after the PATH lookup and the
+	// kernel's resolution of the directory; see confine.go).
 	AllowedPaths []string `json:"allowed_paths"`
+	// AllowedEnv lists the environment variables a guest-exec `env` may
+	// set: names, or prefixes ending in '*'. Unset (nil) means
+	// defaultAllowedEnv when AllowedPaths is set, anything otherwise.
+	AllowedEnv *[]string `json:"allowed_env"`
 	// CommandsDir holds negotiator-style user-defined commands: every
 	// executable file in it is listed by list-commands and run by execute.
 	CommandsDir string `json:"commands_dir"`
@@ -84,7 +89,21 @@ func decodeOptions(raw json.RawMessage) (options, error) {
 		if !filepath.IsAbs(p) {
 			return o, fmt.Errorf("cmd-exec options: allowed_paths[%d] %q is not an absolute path", i, p)
 		}
-		o.AllowedPaths[i] = filepath.Clean(p)
+		// Kept as written, not cleaned: its directory is resolved by the
+		// kernel at each check ("link/.." through link's target).
+		if _, name := splitProgram(p); name == "" || name == "." || name == ".." {
+			return o, fmt.Errorf("cmd-exec options: allowed_paths[%d] %q does not name a file", i, p)
+		}
+	}
+	if o.AllowedEnv != nil {
+		for i, n := range *o.AllowedEnv {
+			if err := checkEnvPattern(n); err != nil {
+				return o, fmt.Errorf("cmd-exec options: allowed_env[%d]: %w", i, err)
+			}
+		}
+	} else if len(o.AllowedPaths) > 0 {
+		env := append([]string(nil), defaultAllowedEnv...)
+		o.AllowedEnv = &env
 	}
 	if o.CommandsDir != "" && !filepath.IsAbs(o.CommandsDir) {
 		return o, fmt.Errorf("cmd-exec options: commands_dir %q is not an absolute path", o.CommandsDir)
