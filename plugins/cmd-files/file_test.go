@@ -580,18 +580,24 @@ func TestOpenCheckedFallback(t *testing.T) {
 	if err := os.Symlink(filepath.Join(base, "secret"), filepath.Join(root, "out")); err != nil {
 		t.Fatal(err)
 	}
-	o := &opener{root: root, rel: "in"}
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(rfd)
+	r := &allowedRoot{path: root, real: root, fd: rfd}
+	o := &opener{root: r, rel: "in"}
 	fd, err := o.openChecked(unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("open inside: %v", err)
 	}
 	unix.Close(fd)
-	o = &opener{root: root, rel: "out"}
+	o = &opener{root: r, rel: "out"}
 	if fd, err := o.openChecked(unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
 		unix.Close(fd)
 		t.Fatal("the fallback followed a symlink out of the root")
 	}
-	o = &opener{root: root, rel: "."}
+	o = &opener{root: r, rel: "."}
 	fd, err = o.openChecked(unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("open the root itself: %v", err)

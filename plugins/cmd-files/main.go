@@ -8,9 +8,13 @@
 //	max_handles    how many files may be open at once through guest-file-open
 //	               (default 64; 0 means no limit, as qemu-ga). An open beyond
 //	               the limit fails without touching the file system.
-//	allowed_paths  absolute path prefixes; when set, guest-file-open refuses any
-//	               path that, after resolving symbolic links and "..", is not one
-//	               of them or beneath one of them (default: unset, no confinement).
+//	allowed_paths  absolute paths of directories; when set, guest-file-open
+//	               refuses any path that, after resolving symbolic links and
+//	               "..", is not one of them or beneath one of them (default:
+//	               unset, no confinement). Each is opened once, its path checked
+//	               (see confine.go), and files are opened beneath that descriptor.
+//	allow_unsafe_roots  accept allowed_paths whose path a user other than root
+//	               could change (default false: such a root is refused).
 //
 // Restart: open handles live in this process. When the plugin exits or is
 // restarted (crash, upgrade, idle exit) its files are closed by the kernel with
@@ -42,8 +46,9 @@ func main() {
 
 // options are the plugin's configuration options.
 type options struct {
-	MaxHandles   *int     `json:"max_handles"`
-	AllowedPaths []string `json:"allowed_paths"`
+	MaxHandles       *int     `json:"max_handles"`
+	AllowedPaths     []string `json:"allowed_paths"`
+	AllowUnsafeRoots bool     `json:"allow_unsafe_roots"`
 }
 
 // filesPlugin holds the state of one plugin instance: the open handles, the
@@ -82,10 +87,11 @@ func (f *filesPlugin) configure(cfg sdk.Config) error {
 		f.handles.max = *o.MaxHandles
 	}
 	if len(o.AllowedPaths) > 0 {
-		c, err := newConfinement(o.AllowedPaths)
+		c, err := newConfinement(o.AllowedPaths, o.AllowUnsafeRoots, f.p.Logger)
 		if err != nil {
 			return err
 		}
+		f.confine.close()
 		f.confine = c
 	}
 	if cfg.StateDir != "" {
@@ -100,5 +106,9 @@ func (f *filesPlugin) configure(cfg sdk.Config) error {
 	return nil
 }
 
-// closeAll closes every open handle, as the end of the process would.
-func (f *filesPlugin) closeAll() { f.handles.closeAll() }
+// closeAll closes every open handle and the allowed roots, as the end of
+// the process would.
+func (f *filesPlugin) closeAll() {
+	f.handles.closeAll()
+	f.confine.close()
+}
