@@ -710,23 +710,13 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 		d.e.mu.RUnlock()
 	}
 
-	core := isCore(command)
-	if route != nil && !servesDialect(route, d.st.cfg.Dialect) {
-		route = nil // another dialect's command: unknown here
+	if o := d.refusal(command, route); o != nil {
+		return o, nil
 	}
-	if !core && route == nil {
-		return errOutcome(ClassCommandNotFound, "The command %s has not been found", command), nil
-	}
-	if !d.st.enabled(command) || (route != nil && !route.Enabled) {
-		return errOutcome(ClassCommandNotFound, "Command %s has been disabled", command), nil
-	}
-	if core {
+	if isCore(command) {
 		return d.core(command, args), nil
 	}
 	spec := route.GetSpec()
-	if d.e.freeze.isFrozen() && !spec.GetAllowedWhileFrozen() {
-		return errOutcome(ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command), nil
-	}
 	req := &pb.RunRequest{Command: command, ArgsJson: argsObject(args), Caller: d.caller}
 	if spec.GetBlobArg() != "" {
 		if o := extractBlobArg(req, spec.BlobArg, &d.e.blobPool); o != nil {
@@ -784,6 +774,26 @@ func (d *dispatcher) dispatch(ctx context.Context, command string, args json.Raw
 		next = func() { d.readOn(route.Plugin, spec.GetBlobResult(), req, blobSize, readAheadMax) }
 	}
 	return o, next
+}
+
+// refusal is the outcome of a command that will not run here: unknown on
+// this channel's dialect, disabled, or refused while frozen; nil when it
+// may run. It needs no plugin, so a session answers it at once, in order.
+func (d *dispatcher) refusal(command string, route *pb.Route) *Outcome {
+	core := isCore(command)
+	if route != nil && !servesDialect(route, d.st.cfg.Dialect) {
+		route = nil // another dialect's command: unknown here
+	}
+	if !core && route == nil {
+		return errOutcome(ClassCommandNotFound, "The command %s has not been found", command)
+	}
+	if !d.st.enabled(command) || (route != nil && !route.Enabled) {
+		return errOutcome(ClassCommandNotFound, "Command %s has been disabled", command)
+	}
+	if !core && d.e.freeze.isFrozen() && !route.GetSpec().GetAllowedWhileFrozen() {
+		return errOutcome(ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command)
+	}
+	return nil
 }
 
 // argsObject is the arguments as the plugin gets them: "{}" when absent.
@@ -1049,12 +1059,12 @@ type StreamSession struct {
 	// request. Changed under wmu, so no stale reply follows a sync's.
 	epoch atomic.Uint64
 
-	hostMu    sync.Mutex
-	hostUp    bool
-	hostGen   uint64
-	hostCh    chan struct{} // closed and replaced on every host event
-	lastGen   uint64
-	inflight  chan struct{}
+	hostMu   sync.Mutex
+	hostUp   bool
+	hostGen  uint64
+	hostCh   chan struct{} // closed and replaced on every host event
+	lastGen  uint64
+	inflight chan struct{}
 	// hold counts what the session holds against its memory budget;
 	// pending is the partial request's share (HoldPending), over whether
 	// the session is paused.
@@ -1241,6 +1251,14 @@ func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMes
 	if isCore(command) && !(command == "guest-info" && routesPending) {
 		done(s.Dispatch(ctx, command, args))
 		return
+	}
+	// A command refused without a plugin is answered at once, before
+	// anything that follows it (an unknown command, then a sync).
+	if route != nil || !routesPending {
+		if o := s.refusal(command, route); o != nil {
+			done(o)
+			return
+		}
 	}
 	key := ""
 	if route != nil {
