@@ -207,6 +207,16 @@ func TestFirstBootKnowsEveryCommandFromManifests(t *testing.T) {
 	if out, err := manifestCmd(t, "--check", third); err != nil {
 		t.Errorf("guest-agent manifest --check on a fresh manifest: %v\n%s", err, out)
 	}
+	var plugins []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !strings.Contains(e.Name(), ".") {
+			plugins = append(plugins, filepath.Join(dir, e.Name()))
+		}
+	}
+	if out, err := manifestCmd(t, append([]string{"--check"}, plugins...)...); err != nil {
+		t.Fatalf("the manifests beside the plugins do not all match their binaries (a plugin rebuilt without make build?): %v\n%s", err, out)
+	}
 	want := manifestCommands(t, dir)
 	for _, name := range []string{"guest-get-host-name", "guest-file-open", "guest-exec", "guest-network-get-interfaces", "guest-fsfreeze-freeze", "test-pid"} {
 		if !want[name] {
