@@ -147,18 +147,14 @@ func (s *splitter) consume(b []byte, emit emitFunc) {
 				continue
 			}
 			// Bulk-skip string contents (base64 payloads are long strings).
-			i := indexStringEnd(b)
-			if i < 0 {
+			end, escaped := scanString(b)
+			if end < 0 {
 				s.keep(b)
+				s.escape = escaped
 				return
 			}
-			s.keep(b[:i+1])
-			c := b[i]
-			b = b[i+1:]
-			if c == '\\' {
-				s.escape = true
-				continue
-			}
+			s.keep(b[:end+1])
+			b = b[end+1:]
 			s.inString = false
 			if s.scalar && s.depth == 0 {
 				s.finish(emit)
@@ -208,11 +204,44 @@ func (s *splitter) consume(b []byte, emit emitFunc) {
 	}
 }
 
+// scanString finds the end of a string's contents in b: the index of the
+// closing quote, or -1 when b ends first, with escaped set when b ends
+// inside an escape (its backslash is the last byte). Long runs without
+// escapes are searched with bytes.IndexByte (base64 payloads); where
+// escapes are dense it steps byte by byte, so a string of nothing but
+// escapes costs a few nanoseconds a byte, not a search call each.
+func scanString(b []byte) (end int, escaped bool) {
+	i := 0
+	for i < len(b) {
+		j := indexStringEnd(b[i:])
+		if j < 0 {
+			return -1, false
+		}
+		i += j
+		if b[i] == '"' {
+			return i, false
+		}
+		i += 2 // the backslash and the byte it escapes
+		for run := 0; run < 64 && i < len(b); run++ {
+			switch b[i] {
+			case '\\':
+				i += 2
+				run = 0
+				continue
+			case '"':
+				return i, false
+			}
+			i++
+		}
+	}
+	return -1, i > len(b)
+}
+
 // indexStringEnd returns the index of the first '"' or '\\' in b, or -1.
 // It looks through windows that double in size, so the scan costs what lies
 // before the byte found (plus a little), never the whole rest of b: looking
 // for each byte over all of b at every escape or string start made 1 MiB of
-// "\\\\" cost seconds. Large windows keep bytes.IndexByte's vectorised
+// escapes cost seconds. Large windows keep bytes.IndexByte's vectorised
 // speed on long base64 strings.
 func indexStringEnd(b []byte) int {
 	window := 64

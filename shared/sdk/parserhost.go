@@ -1053,7 +1053,7 @@ type StreamSession struct {
 
 	wmu sync.Mutex
 	// epoch counts the host's resynchronisations (guest-sync,
-	// guest-sync-delimited) and host connects and disconnects. A reply is
+	// guest-sync-delimited). A reply is
 	// written only in the epoch its request arrived in: the host has given
 	// up on the others, and would take a late one for the answer to a later
 	// request. Changed under wmu, so no stale reply follows a sync's.
@@ -1204,7 +1204,10 @@ func (s *StreamSession) WaitHost(ctx context.Context) error {
 }
 
 func (s *StreamSession) hostEvent(up bool) {
-	s.newEpoch()
+	// No new epoch here: the event comes from another process and may
+	// arrive after the new host's first request was read, whose reply
+	// would then be dropped. Hosts sync first, and the sync is the
+	// barrier.
 	if !up {
 		s.e.freeze.hostGone(s.dispatcher)
 	}
