@@ -627,6 +627,12 @@ func (s *Supervisor) recoverChannels(parser, exch *managed) {
 // startParser starts (or restarts) a parser and configures its channels,
 // routes and the host service it calls for lazily started plugins.
 func (s *Supervisor) startParser(ctx context.Context, m *managed) error {
+	// No route push may reach the parser between its start and this first
+	// Configure (which creates its inboxes), nor carry older routes after
+	// it: a parser restarted while plugins were being learnt would wait
+	// for routes already complete.
+	s.routesPush.Lock()
+	defer s.routesPush.Unlock()
 	r, err := s.ensureRunning(ctx, m)
 	if err != nil {
 		return err
