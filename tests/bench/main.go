@@ -33,7 +33,7 @@ type agent struct {
 func main() {
 	pings := flag.Int("pings", 5000, "guest-ping calls per agent")
 	fileMiB := flag.Int("file-mib", 64, "size of the file moved by the file benchmarks")
-	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec")
+	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec,badinput")
 	chunkList := flag.String("chunks", "4,64,1024", "comma-separated chunk sizes in KiB for the file benchmarks")
 	flag.Parse()
 	bin := os.Getenv("GUEST_AGENT_BIN")
@@ -100,6 +100,14 @@ func main() {
 			wb := fileWrite(ref.socket, data, chunk, sum)
 			row(fmt.Sprintf("guest-file-write %s (MB/s)", human(chunk)), wa, wb, "%.0f", "target ≥ 3×")
 		}
+	}
+	if want("badinput") {
+		// The worst input known for a JSON streamer: a string of nothing
+		// but escapes (each one a step of the scanner). CPU of every
+		// process of the agent, per MiB of input.
+		ca := badInputCPU(ours, 4<<20)
+		cb := badInputCPU(ref, 4<<20)
+		row("CPU per MiB of escapes (ms)", ca, cb, "%.1f", "4 MiB request of \\\\; lower is better")
 	}
 	if want("exec") {
 		ea := execTrue(ours.socket, 50)
@@ -519,4 +527,41 @@ func execTrue(socket string, n int) float64 {
 		times = append(times, float64(time.Since(start).Microseconds())/1000)
 	}
 	return pct(times, 50)
+}
+
+// badInputCPU sends one request whose string is size bytes of escapes and
+// returns the CPU the agent's processes spent on it, per MiB.
+func badInputCPU(a *agent, size int) float64 {
+	c, err := dial(a.socket)
+	if err != nil {
+		fail(err)
+	}
+	defer c.conn.Close()
+	req := []byte(`{"execute":"guest-ping","arguments":{"x":"` + strings.Repeat(`\\`, size/2) + `"}}` + "\n")
+	before := cpuTree(a.cmd.Process.Pid)
+	if _, err := c.roundTrip(req); err != nil {
+		fail(fmt.Errorf("bad input: %w", err))
+	}
+	used := cpuTree(a.cmd.Process.Pid) - before
+	return ms(used) / float64(size>>20)
+}
+
+// cpuTree is the user+system CPU time of pid and its descendants.
+func cpuTree(pid int) time.Duration {
+	total := cpuOf(pid)
+	for _, child := range childrenOf(pid) {
+		total += cpuTree(child)
+	}
+	return total
+}
+
+func cpuOf(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
