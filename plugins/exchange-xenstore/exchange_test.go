@@ -675,6 +675,11 @@ func TestRequestName(t *testing.T) {
 		{"data/host", "/local/domain/3/data/host", "", true},
 		{"data/host", "data/hostile", "", false},
 		{"/local/domain/3/data/host", "/local/domain/3/data/host/x", "x", false},
+		// An absolute directory found inside a longer path: the index
+		// was off by one (a panic when nothing followed, a name cut
+		// short otherwise). Found by FuzzRequestName.
+		{"/local/domain/3/data/host", "/a/local/domain/3/data/host/", "", false},
+		{"/local/domain/3/data/host", "/a/local/domain/3/data/host/xyz", "xyz", false},
 	} {
 		name, whole := requestName(c.dir, c.path)
 		if name != c.name || whole != c.whole {

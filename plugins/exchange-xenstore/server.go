@@ -249,14 +249,15 @@ func requestName(reqDir, path string) (name string, whole bool) {
 	rest, ok := strings.CutPrefix(path, reqDir+"/")
 	if !ok {
 		// A xenstored that reports relative watches with absolute paths.
-		i := strings.Index(path, "/"+strings.TrimPrefix(reqDir, "/")+"/")
+		dir := "/" + strings.TrimPrefix(reqDir, "/")
+		i := strings.Index(path, dir+"/")
 		if i < 0 {
-			if strings.HasSuffix(path, "/"+strings.TrimPrefix(reqDir, "/")) {
+			if strings.HasSuffix(path, dir) {
 				return "", true
 			}
 			return "", false
 		}
-		rest = path[i+len(reqDir)+2:]
+		rest = path[i+len(dir)+1:]
 	}
 	name, _, _ = strings.Cut(rest, "/")
 	return name, false
