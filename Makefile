@@ -16,7 +16,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
 GOBIN_TOOLS := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build run test test-unit vm-test bench proto proto-check tools lint fmt clean
+.PHONY: all build run test test-unit vm-test libvirt-test bench proto proto-check tools lint fmt clean
 
 all: build
 
@@ -72,9 +72,16 @@ test: build lint proto-check
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) test -count=1 -timeout 15m ./...
 	@for m in shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	$(MAKE) vm-test
+	$(MAKE) libvirt-test
 
 vm-test: build
 	cd tests && GUEST_AGENT_BIN=$(BIN) GUEST_AGENT_VM=1 $(GO) test -count=1 -timeout 5m -run 'TestVM' ./vm/...
+
+# Debian's libvirtd in private namespaces boots a TCG guest twice, once with
+# guest-agent and once with qemu-ga, and virsh's agent commands are compared
+# step by step (-v: the table of both is the point).
+libvirt-test: build
+	cd tests && GUEST_AGENT_BIN=$(BIN) GUEST_AGENT_LIBVIRT=1 $(GO) test -count=1 -timeout 8m -v -run 'TestLibvirt' ./libvirt/...
 
 # Side by side with qemu-ga (ping, memory, start, file transfer, exec), then
 # the nova round trip through a real oxenstored: watch versus the 1 s poll.
