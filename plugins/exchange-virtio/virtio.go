@@ -345,6 +345,14 @@ func (p *virtioPort) check() {
 		p.connected = false
 		p.log.Info("host disconnected from the virtio-serial port")
 		p.send(session.EventHostDisconnected)
+	case hup && !p.connected:
+		// No host now, but something changed: a host may have connected,
+		// written a request and gone between two looks (fire-and-forget,
+		// printf ... | socat). Wake the parser to read what it left: qemu-ga
+		// runs such a request at once, not when the next host comes. With
+		// nothing left the read ends in EOF at once.
+		p.log.Trace("host state changed and back between two looks: waking the parser")
+		p.send(session.EventHostConnected)
 	case !hup && !p.connected:
 		p.connected = true
 		p.log.Info("host connected to the virtio-serial port")

@@ -278,8 +278,21 @@ func (e *ParserEngine) Configure(_ context.Context, req *pb.ConfigureParserReque
 		go e.acceptFeeds(in, st)
 		resp.Inboxes = append(resp.Inboxes, &pb.Inbox{Channel: c.Name, Socket: path})
 	}
+	e.limitMemory(lim, len(e.channels))
 	releaseStartupMemory()
 	return resp, nil
+}
+
+// limitMemory sets the parser's soft memory limit to what its channels'
+// budgets allow, plus room for the runtime: the parser runs with a high
+// GOGC (tail latency), which alone would let garbage grow to several times
+// the bytes the budgets bound before a collection. GOMEMLIMIT, when set,
+// wins.
+func (e *ParserEngine) limitMemory(lim resolvedLimits, channels int) {
+	if os.Getenv("GOMEMLIMIT") != "" || channels == 0 {
+		return
+	}
+	debug.SetMemoryLimit(int64(channels)*lim.channelMemory + 64<<20)
 }
 
 // durationLimit resolves a limit in milliseconds: 0 is the default, a
@@ -1185,6 +1198,12 @@ func (s *StreamSession) Persistent() bool { return s.persistent }
 // back. It returns at once when a host event arrived since the last call,
 // so an EOF can never turn into a busy loop and a reconnect is never missed.
 func (s *StreamSession) WaitHost(ctx context.Context) error {
+	// The EOF closed the host's connection: whatever it asked and is
+	// still running is answered to nobody, never to the next host. The
+	// reader sees the EOF after every byte the old host sent and before
+	// any of the next one's, so this epoch is exact where host events,
+	// which come from the exchange, could not be.
+	s.newEpoch()
 	for {
 		s.hostMu.Lock()
 		if s.hostGen != s.lastGen && s.hostUp {

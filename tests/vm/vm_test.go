@@ -299,6 +299,8 @@ func TestVMVirtioSerial(t *testing.T) {
 		t.Fatalf("the parser and the exchange should run in the guest:\n%s", procs)
 	}
 
+	t.Run("fire and forget", func(t *testing.T) { checkFireAndForget(t, vm) })
+
 	copyStart := time.Now()
 	t.Run("file copy", func(t *testing.T) { checkFileCopy(t, vm) })
 	t.Logf("file copy took %s", time.Since(copyStart).Round(time.Millisecond))
