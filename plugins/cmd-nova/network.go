@@ -465,10 +465,12 @@ func validHostname(h string) bool {
 }
 
 // sanitizeComment keeps a host-provided label from breaking out of a
-// comment line in the files written.
+// comment line in the files written: control characters go, C1 ones (NEL)
+// and the Unicode line and paragraph separators too, which YAML (netplan)
+// takes for line breaks.
 func sanitizeComment(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if r < 0x20 || r >= 0x7f && r < 0xa0 || r == '\u2028' || r == '\u2029' {
 			return -1
 		}
 		return r

@@ -267,3 +267,26 @@ func TestDefaultApplyCommands(t *testing.T) {
 		}
 	}
 }
+
+// A label is a comment in every file written, and stays one: YAML ends a
+// comment at NEL, LS and PS as well as at "\n", so a label holding one wrote
+// its own netplan configuration (an interface of the host's choosing, with
+// DHCP). Found by FuzzNetworkEntry.
+func TestLabelStaysInItsComment(t *testing.T) {
+	for _, label := range []string{"evil\u2028    eth9: {dhcp4: true}", "a\u2029b", "a\u0085b", "a\u009bb\r\nc"} {
+		entry, _ := json.Marshal(map[string]any{"label": label, "ips": []map[string]string{{"ip": "192.0.2.10", "netmask": "24"}}})
+		cfg, err := buildConfig(map[string][]byte{"deadbeef0001": entry}, "", map[string]string{"de:ad:be:ef:00:01": "eth0"}, func(string, ...any) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(renderNetplan(cfg))
+		for _, brk := range []string{"\r", "\u0085", "\u2028", "\u2029", "\u009b"} {
+			if strings.Contains(text, brk) {
+				t.Fatalf("label %q: netplan file holds %q:\n%s", label, brk, text)
+			}
+		}
+		if strings.Count(text, "\n") != strings.Count(string(renderNetplan(&netConfig{Ifaces: []netIface{{Name: "eth0", MAC: "de:ad:be:ef:00:01", Label: "x", IPv4: cfg.Ifaces[0].IPv4}}})), "\n") {
+			t.Fatalf("label %q changed the number of lines:\n%s", label, text)
+		}
+	}
+}
