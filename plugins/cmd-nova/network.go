@@ -331,7 +331,7 @@ func (x *xsIface) toIface(name, mac string) (netIface, error) {
 		if ip == "" {
 			ip = a.Address
 		}
-		addr, err := netip.ParseAddr(ip)
+		addr, err := parseAddr(ip)
 		if err != nil || !addr.Is4() {
 			return it, fmt.Errorf("invalid IPv4 address %s", quote(ip))
 		}
@@ -353,7 +353,7 @@ func (x *xsIface) toIface(name, mac string) (netIface, error) {
 		if ip == "" {
 			ip = a.Address
 		}
-		addr, err := netip.ParseAddr(ip)
+		addr, err := parseAddr(ip)
 		if err != nil || !addr.Is6() || addr.Is4In6() {
 			return it, fmt.Errorf("invalid IPv6 address %s", quote(ip))
 		}
@@ -373,24 +373,24 @@ func (x *xsIface) toIface(name, mac string) (netIface, error) {
 	}
 	var err error
 	if x.Gateway != "" && len(it.IPv4) > 0 {
-		if it.Gateway4, err = netip.ParseAddr(x.Gateway); err != nil || !it.Gateway4.Is4() {
+		if it.Gateway4, err = parseAddr(x.Gateway); err != nil || !it.Gateway4.Is4() {
 			return it, fmt.Errorf("invalid IPv4 gateway %s", quote(x.Gateway))
 		}
 	}
 	if gw6 != "" && len(it.IPv6) > 0 {
-		if it.Gateway6, err = netip.ParseAddr(gw6); err != nil || !it.Gateway6.Is6() {
+		if it.Gateway6, err = parseAddr(gw6); err != nil || !it.Gateway6.Is6() {
 			return it, fmt.Errorf("invalid IPv6 gateway %s", quote(gw6))
 		}
 	}
 	for _, d := range x.DNS {
-		addr, err := netip.ParseAddr(strings.TrimSpace(d))
+		addr, err := parseAddr(strings.TrimSpace(d))
 		if err != nil {
 			return it, fmt.Errorf("invalid DNS server %s", quote(d))
 		}
 		it.DNS = append(it.DNS, addr)
 	}
 	for _, r := range x.Routes {
-		net, err := netip.ParseAddr(r.Route)
+		net, err := parseAddr(r.Route)
 		if err != nil {
 			return it, fmt.Errorf("invalid route %s", quote(r.Route))
 		}
@@ -402,13 +402,24 @@ func (x *xsIface) toIface(name, mac string) (netIface, error) {
 		if err != nil {
 			return it, err
 		}
-		via, err := netip.ParseAddr(r.Gateway)
+		via, err := parseAddr(r.Gateway)
 		if err != nil || via.Is4() != net.Is4() {
 			return it, fmt.Errorf("invalid route gateway %s", quote(r.Gateway))
 		}
 		it.Routes = append(it.Routes, netRoute{To: netip.PrefixFrom(net, bits).Masked(), Via: via})
 	}
 	return it, nil
+}
+
+// parseAddr parses an address of the host's configuration. A zone
+// ("fe80::1%eth0") is refused: it is free text, newlines included, that
+// would go into the files written as it is.
+func parseAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err == nil && a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("address %q has a zone", s)
+	}
+	return a, err
 }
 
 // prefixLen reads a netmask: dotted ("255.255.255.0") or a prefix length.

@@ -290,3 +290,23 @@ func TestLabelStaysInItsComment(t *testing.T) {
 		}
 	}
 }
+
+// An IPv6 address may carry a zone ("fe80::1%eth0"), which netip parses as
+// free text, newlines included: a DNS server, gateway or route gateway with
+// one wrote lines of the host's choosing into the files (a "nameserver" in
+// resolv.conf, an ifupdown "up" command run as root). Addresses with a zone
+// are refused. Found by FuzzNetworkEntry.
+func TestAddressZonesRefused(t *testing.T) {
+	links := map[string]string{"de:ad:be:ef:00:01": "eth0"}
+	for _, entry := range []string{
+		`{"ips":[{"ip":"192.0.2.10","netmask":"24"}],"dns":["fe80::53%x\nnameserver 203.0.113.66"]}`,
+		`{"ip6s":[{"ip":"2001:db8::10"}],"gateway_v6":"fe80::1%eth0\nup touch /tmp/pwned"}`,
+		`{"ip6s":[{"ip":"2001:db8::10"}],"routes":[{"route":"2001:db8:1::","netmask":"48","gateway":"fe80::1%x"}]}`,
+		`{"ip6s":[{"ip":"fe80::10%eth0"}]}`,
+	} {
+		cfg, err := buildConfig(map[string][]byte{"deadbeef0001": []byte(entry)}, "", links, func(string, ...any) {})
+		if err == nil {
+			t.Fatalf("%s accepted: %+v", entry, cfg.Ifaces)
+		}
+	}
+}
