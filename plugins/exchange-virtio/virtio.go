@@ -343,7 +343,7 @@ func (p *virtioPort) check() {
 		p.closeDevice()
 	case hup && p.connected:
 		p.connected = false
-		p.log.Info("host disconnected from the virtio-serial port")
+		p.log.Debug("host disconnected from the virtio-serial port")
 		p.send(session.EventHostDisconnected)
 	case hup && !p.connected:
 		// No host now, but something changed: a host may have connected,
@@ -355,7 +355,7 @@ func (p *virtioPort) check() {
 		p.send(session.EventHostConnected)
 	case !hup && !p.connected:
 		p.connected = true
-		p.log.Info("host connected to the virtio-serial port")
+		p.log.Debug("host connected to the virtio-serial port")
 		p.send(session.EventHostConnected)
 	case !hup && rev&unix.POLLIN != 0:
 		// Data is waiting and the host is connected. Either the parser is

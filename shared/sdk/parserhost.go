@@ -498,7 +498,7 @@ func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession)
 		switch {
 		case now != up:
 			up = now
-			e.logger.Info("virtio-serial host state changed", "channel", st.cfg.Name, "host_connected", up)
+			e.logger.Debug("virtio-serial host state changed", "channel", st.cfg.Name, "host_connected", up)
 			s.hostEvent(up)
 		case up && data:
 			// A disconnect and reconnect merged into one look while the
