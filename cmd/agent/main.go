@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/guest-agent/guest-agent/cmd/agent/internal/config"
+	"github.com/guest-agent/guest-agent/cmd/agent/internal/journal"
 	"github.com/guest-agent/guest-agent/cmd/agent/internal/supervisor"
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -177,20 +178,35 @@ func pluginDirs(f *flags) []string {
 }
 
 func newLogger(cfg *config.Config) (hclog.Logger, io.Closer, error) {
-	var out io.Writer = os.Stderr
-	var closer io.Closer = io.NopCloser(nil)
+	closer := io.NopCloser(nil)
 	if cfg.LogFile != "" {
 		file, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err != nil {
 			return nil, nil, fmt.Errorf("log file: %w", err)
 		}
-		out, closer = file, file
+		return hclog.New(&hclog.LoggerOptions{Name: "guest-agent", Level: logLevel(cfg), Output: file}), file, nil
 	}
+	return stderrLogger(logLevel(cfg)), closer, nil
+}
+
+func logLevel(cfg *config.Config) hclog.Level {
 	level := hclog.LevelFromString(cfg.LogLevel)
 	if level == hclog.NoLevel {
 		level = hclog.Info
 	}
-	return hclog.New(&hclog.LoggerOptions{Name: "guest-agent", Level: level, Output: out}), closer, nil
+	return level
+}
+
+// stderrLogger logs to stderr; when systemd connected stderr to the journal,
+// without timestamps (the journal adds its own) and with each line's
+// priority in the journal's "<N>" prefix. Plugins' records reach the journal
+// through this logger too (go-plugin forwards them).
+func stderrLogger(level hclog.Level) hclog.Logger {
+	opts := &hclog.LoggerOptions{Name: "guest-agent", Level: level, Output: os.Stderr}
+	if journal.Connected(os.Stderr) {
+		opts.Output, opts.DisableTime = journal.NewWriter(os.Stderr), true
+	}
+	return hclog.New(opts)
 }
 
 func runAgent(cmd *cobra.Command, f *flags) error {
@@ -275,7 +291,7 @@ func listPlugins(ctx context.Context, w io.Writer, f *flags) error {
 	if err != nil {
 		return err
 	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "guest-agent", Level: hclog.Warn, Output: os.Stderr})
+	logger := stderrLogger(hclog.Warn)
 	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f), Version: version, Logger: logger})
 	if err := sup.Prepare(); err != nil {
 		return err

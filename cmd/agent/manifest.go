@@ -31,7 +31,7 @@ beside each binary describes it.`,
 			if write && check {
 				return fmt.Errorf("--write and --check exclude each other")
 			}
-			logger := hclog.New(&hclog.LoggerOptions{Name: "guest-agent", Level: hclog.Warn, Output: os.Stderr})
+			logger := stderrLogger(hclog.Warn)
 			failed := 0
 			for _, bin := range args {
 				if check {

@@ -62,6 +62,7 @@ type running struct {
 	clients *sdk.Clients
 	pid     int
 	exited  chan struct{} // closed when the process is gone
+	proc    *processRunner
 }
 
 type launchSpec struct {
@@ -97,7 +98,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 		},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
-		Logger:           spec.logger,
+		Logger:           clientLogger{spec.logger},
 		StartTimeout:     20 * time.Second,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
@@ -113,7 +114,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 		client.Kill()
 		return nil, fmt.Errorf("plugin %s: %w", spec.name, err)
 	}
-	r := &running{client: client, clients: raw.(*sdk.Clients), exited: make(chan struct{}), pid: pr.pid}
+	r := &running{client: client, clients: raw.(*sdk.Clients), exited: make(chan struct{}), pid: pr.pid, proc: pr}
 	watchExit(r)
 	return r, nil
 }
@@ -145,6 +146,33 @@ func watchExit(r *running) {
 		}
 		close(r.exited)
 	}()
+}
+
+// exitStatus says how the process ended ("exit status 2", "killed by
+// SIGKILL") once its client's Kill has returned.
+func (r *running) exitStatus() string { return r.proc.exitStatus() }
+
+// clientLogger is the logger go-plugin gets for a plugin. The plugin's own
+// records, which go-plugin forwards through a logger Named after the plugin,
+// pass unchanged; go-plugin's own line on the end of the process is debug,
+// since the supervisor logs that end once, with the plugin's name, pid and
+// what it means (plugin stopped, plugin exited unexpectedly).
+type clientLogger struct{ hclog.Logger }
+
+func (l clientLogger) Info(msg string, args ...interface{}) {
+	if msg == "plugin process exited" {
+		l.Logger.Debug(msg, args...)
+		return
+	}
+	l.Logger.Info(msg, args...)
+}
+
+func (l clientLogger) Error(msg string, args ...interface{}) {
+	if msg == "plugin process exited" {
+		l.Logger.Debug(msg, args...)
+		return
+	}
+	l.Logger.Error(msg, args...)
 }
 
 // info asks a running plugin what it is.

@@ -227,7 +227,7 @@ func MakeManifest(ctx context.Context, binary string, logger hclog.Logger) ([]by
 	defer os.RemoveAll(sockDir)
 	name := strings.TrimPrefix(filepath.Base(binary), BinaryPrefix)
 	r, err := newLauncher().launch(launchSpec{
-		path: binary, name: name, sockDir: sockDir, logLevel: levelName(logger), logger: logger.Named(name),
+		path: binary, name: name, sockDir: sockDir, logLevel: levelName(logger), logger: logger,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -10,9 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-plugin/runner"
+	"golang.org/x/sys/unix"
 )
 
 // processRunner starts a plugin binary for go-plugin. go-plugin's own runner
@@ -22,9 +24,14 @@ import (
 // to /tmp and a crashed plugin's stay behind.
 type processRunner struct {
 	cmd    *exec.Cmd
+	name   string
 	stdout io.ReadCloser
 	stderr io.ReadCloser
 	pid    int
+
+	mu      sync.Mutex
+	waited  bool
+	waitErr error
 }
 
 // newProcessRunner builds the command for spec from the one go-plugin
@@ -52,7 +59,7 @@ func newProcessRunner(spec launchSpec, prepared *exec.Cmd, extraEnv []string) (*
 	if err != nil {
 		return nil, err
 	}
-	return &processRunner{cmd: cmd, stdout: stdout, stderr: stderr}, nil
+	return &processRunner{cmd: cmd, name: spec.name, stdout: stdout, stderr: stderr}, nil
 }
 
 // verifyChecksum refuses a binary whose SHA-256 is not the pinned one.
@@ -86,7 +93,39 @@ func (r *processRunner) Start(context.Context) error {
 	return nil
 }
 
-func (r *processRunner) Wait(context.Context) error { return r.cmd.Wait() }
+func (r *processRunner) Wait(context.Context) error {
+	err := r.cmd.Wait()
+	r.mu.Lock()
+	r.waited, r.waitErr = true, err
+	r.mu.Unlock()
+	return err
+}
+
+// exitStatus says how the process ended, once go-plugin has waited for it
+// (after its client's Kill returned): "exit status 2", "killed by SIGKILL".
+func (r *processRunner) exitStatus() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.waited {
+		return "not reaped yet"
+	}
+	var ee *exec.ExitError
+	switch {
+	case r.waitErr == nil:
+		return "exit status 0"
+	case errors.As(r.waitErr, &ee):
+		ws, ok := ee.Sys().(syscall.WaitStatus)
+		if !ok || !ws.Signaled() {
+			return ee.Error()
+		}
+		reason := "killed by " + unix.SignalName(ws.Signal())
+		if ws.CoreDump() {
+			reason += " (core dumped)"
+		}
+		return reason
+	}
+	return r.waitErr.Error()
+}
 
 func (r *processRunner) Kill(context.Context) error {
 	if r.cmd.Process == nil {
@@ -100,8 +139,11 @@ func (r *processRunner) Kill(context.Context) error {
 
 func (r *processRunner) Stdout() io.ReadCloser { return r.stdout }
 func (r *processRunner) Stderr() io.ReadCloser { return r.stderr }
-func (r *processRunner) Name() string          { return r.cmd.Path }
-func (r *processRunner) ID() string            { return strconv.Itoa(r.pid) }
+
+// Name is the plugin's name: go-plugin names the logger of the plugin's
+// forwarded records after it (guest-agent.cmd-exec).
+func (r *processRunner) Name() string { return r.name }
+func (r *processRunner) ID() string   { return strconv.Itoa(r.pid) }
 
 func (r *processRunner) Diagnose(context.Context) string {
 	return "the plugin did not answer go-plugin's handshake: is it a guest-agent plugin built for this machine?"

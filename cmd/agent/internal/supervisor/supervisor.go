@@ -189,11 +189,11 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := s.launch(m)
+			r, err := s.launch(m, "to learn what it serves")
 			if err == nil {
 				m.info, err = r.info(ctx)
 				if err != nil {
-					r.stop()
+					s.stopPlugin(m, r, "Info failed")
 				}
 			}
 			mu.Lock()
@@ -204,7 +204,7 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 			}
 			cache.put(f, m.info)
 			if !s.keepAfterInfo(m.info) {
-				r.stop() // started only to learn what it serves
+				s.stopPlugin(m, r, "learnt what it serves") // started for that only
 				return
 			}
 			m.mu.Lock()
@@ -237,10 +237,10 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := s.launch(m)
+			r, err := s.launch(m, "to learn what it serves")
 			if err == nil {
 				m.info, err = r.info(ctx)
-				r.stop()
+				s.stopPlugin(m, r, "learnt what it serves")
 			}
 			if err != nil {
 				s.logger.Error("plugin not loaded", "plugin", m.found.Name, "error", err)
@@ -300,15 +300,40 @@ func (s *Supervisor) keepAfterInfo(info *pb.InfoResponse) bool {
 	return false
 }
 
-func (s *Supervisor) launch(m *managed) (*running, error) {
-	return s.launcher.launch(launchSpec{
+// launch starts m's binary, and logs one line saying so: why is what it is
+// started for when that is not to serve ("" then).
+func (s *Supervisor) launch(m *managed, why string) (*running, error) {
+	r, err := s.launcher.launch(launchSpec{
 		path:     m.found.Path,
 		name:     m.found.Name,
 		checksum: m.cfg.Checksum,
 		sockDir:  s.sockDir,
 		logLevel: levelName(s.logger),
-		logger:   s.logger.Named(m.found.Name),
+		logger:   s.logger,
 	})
+	if err != nil {
+		return nil, err
+	}
+	msg := "plugin started"
+	if why != "" {
+		msg += " " + why
+	}
+	args := []any{"plugin", m.found.Name, "pid", r.pid}
+	if m.info != nil {
+		args = append(args, "kind", kindName(m.info.Kind))
+	}
+	s.logger.Info(msg, args...)
+	return r, nil
+}
+
+// stopPlugin stops a plugin on purpose and logs one line saying why.
+func (s *Supervisor) stopPlugin(m *managed, r *running, why string) {
+	r.stop()
+	s.logger.Info("plugin stopped", "plugin", m.found.Name, "pid", r.pid, "reason", why)
+}
+
+func kindName(k pb.Kind) string {
+	return strings.ToLower(strings.TrimPrefix(k.String(), "KIND_"))
 }
 
 // buildRegistry maps every command to one plugin; the first plugin (by name)
@@ -498,7 +523,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 			return nil, ctx.Err()
 		}
 	}
-	r, err := s.launch(m)
+	r, err := s.launch(m, "")
 	if err != nil {
 		s.noteCrash(m)
 		return nil, err
@@ -517,7 +542,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 			})
 		}
 		if err != nil {
-			r.stop()
+			s.stopPlugin(m, r, "configure failed")
 			s.noteCrash(m)
 			return nil, fmt.Errorf("configure plugin %s: %w", m.found.Name, err)
 		}
@@ -566,15 +591,24 @@ func (s *Supervisor) watch(m *managed, r *running) {
 		if !stopping && current {
 			s.noteCrash(m)
 		}
+		nextStart := m.nextStart
 		m.mu.Unlock()
 		if stopping || !current {
 			return // stopped on purpose: stop() cleans up
 		}
 		// go-plugin's side of a plugin that died: its connection, broker
-		// and socket directory.
+		// and socket directory; it also reaps the process.
 		r.client.Kill()
-		s.logger.Warn("plugin exited unexpectedly", "plugin", m.found.Name, "pid", r.pid)
-		switch s.kindOf(m) {
+		kind := s.kindOf(m)
+		restart := "now"
+		if kind == pb.Kind_KIND_COMMAND && s.lazy {
+			restart = "on its next command"
+		} else if wait := time.Until(nextStart); wait > 0 {
+			restart = "in " + wait.Round(time.Millisecond).String() + " (crashing repeatedly)"
+		}
+		s.logger.Error("plugin exited unexpectedly", "plugin", m.found.Name, "pid", r.pid,
+			"reason", r.exitStatus(), "restart", restart)
+		switch kind {
 		case pb.Kind_KIND_COMMAND:
 			if s.lazy {
 				return // restarted by the next command that needs it
@@ -758,8 +792,7 @@ func (s *Supervisor) stopIdleExchanges() {
 		m.run = nil // an intended stop, not a crash
 		m.mu.Unlock()
 		if r != nil {
-			r.stop()
-			s.logger.Info("exchange stopped: its channels are served by the parser", "plugin", m.found.Name)
+			s.stopPlugin(m, r, "idle exchange: its channels are served by the parser")
 		}
 	}
 }
@@ -783,7 +816,7 @@ func (s *Supervisor) stopAll() {
 		m.mu.Unlock()
 		if r != nil {
 			wg.Add(1)
-			go func() { defer wg.Done(); r.stop() }()
+			go func() { defer wg.Done(); s.stopPlugin(m, r, "agent stopping") }()
 		}
 	}
 	wg.Wait()
