@@ -1,7 +1,9 @@
 # guest-agent — see README.md. Every binary is static so it drops into any
 # guest or initramfs.
 SHELL := /bin/bash
-GO ?= go
+# Go from PATH, else where Debian machines here have it.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+export PATH := $(dir $(GO)):$(PATH)
 BIN := $(CURDIR)/bin
 export CGO_ENABLED := 0
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -16,7 +18,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
 GOBIN_TOOLS := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build run test test-unit vm-test libvirt-test bench proto proto-check tools lint fmt clean
+.PHONY: all build run deps test test-unit vm-test libvirt-test bench proto proto-check tools lint fmt clean
 
 all: build
 
@@ -68,7 +70,12 @@ lint:
 test-unit:
 	@for m in $(MODULES); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 
-test: build lint proto-check
+# Debian packages and pinned Go tools the tests need, installed when missing.
+deps:
+	@GO=$(GO) scripts/test-deps.sh
+
+test: deps
+	$(MAKE) build lint proto-check
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) test -count=1 -timeout 15m ./...
 	@for m in shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	$(MAKE) vm-test
