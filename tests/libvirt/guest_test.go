@@ -23,7 +23,7 @@ const bootTag = "guest-init: boot "
 
 // guestInit is the guest's /init: an installed guest in miniature. It
 // mounts /run as a tmpfs, loads the virtio modules, brings up lo and eth0
-// (QEMU's user network gives 10.0.2.15), makes the /dev/virtio-ports names
+// (QEMU's user network gives 10.0.2.15; IPv6 on lo only), makes the /dev/virtio-ports names
 // udev would make, mounts the virtio disk at /var/lib/guest-agent and runs
 // the agent chosen by agent= on the kernel command line with no arguments,
 // restarting it if it exits. As systemd would, it turns SIGTERM, SIGUSR1
@@ -48,8 +48,10 @@ echo 7 > /proc/sys/kernel/printk
 hostname ga-guest
 chown -R 1000:1000 /home/tester
 ip link set lo up
-# Addresses that do not come and go with router advertisements.
-echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra
+# Addresses that do not depend on when the agent is asked: no IPv6 on eth0
+# (its link-local address comes after duplicate address detection, its
+# global one with QEMU's router advertisement); lo keeps ::1.
+echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
 if ip link set eth0 up; then
   ip addr add 10.0.2.15/24 dev eth0
   ip route add default via 10.0.2.2

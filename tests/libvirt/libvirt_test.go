@@ -5,6 +5,11 @@
 // virtio disk, and virsh runs the agent commands libvirt offers, once with
 // guest-agent in the guest and once with Debian's qemu-ga in the same
 // guest, step by step compared.
+//
+// GUEST_AGENT_LIBVIRT=1 runs it (make libvirt-test); with
+// GUEST_AGENT_LIBVIRT_LOGS=DIR the consoles, QEMU's logs and libvirtd's log
+// (with the agent I/O libvirt saw) are kept in DIR; GUEST_AGENT_LIBVIRT_AGENTS
+// ="guest-agent" boots one agent alone.
 package libvirt
 
 import (
@@ -133,23 +138,23 @@ func (r *run) virsh(args ...string) (string, time.Duration, error) {
 }
 
 // record runs one virsh step and records it. A step that had no answer
-// (virsh killed at its deadline, or libvirt's agent timeout) fails; when
-// the agent then no longer answers guest-ping either, the failure shows the
-// guest's blocked tasks, and the guest is reset so the steps after it start
-// from a guest that answers.
+// (virsh killed at its deadline, or libvirt's agent timeout) fails with the
+// guest's blocked tasks; when the agent then no longer answers guest-ping
+// either, the guest is reset so the steps after it start from a guest that
+// answers.
 func (r *run) record(name string, args ...string) *step {
 	s := r.do(name, args...)
 	if !s.hung {
 		return s
 	}
+	blocked := r.blockedTasks()
 	s.note = "no answer"
 	if r.pings() {
-		r.t.Errorf("%s: %s: no answer within %s, although the agent answers guest-ping right after: %s",
-			r.dom.agent, name, s.took.Round(time.Millisecond), s.out)
+		r.t.Errorf("%s: %s: no answer within %s (guest-ping is answered right after): %s\nthe guest's blocked tasks (SysRq-W):\n%s",
+			r.dom.agent, name, s.took.Round(time.Millisecond), s.out, blocked)
 		return s
 	}
 	s.note = "hung"
-	blocked := r.blockedTasks()
 	r.t.Errorf("%s: %s: no answer within %s, and guest-ping gets none either: %s\nthe guest's blocked tasks (SysRq-W):\n%s",
 		r.dom.agent, name, s.took.Round(time.Millisecond), s.out, blocked)
 	r.recover(name)
