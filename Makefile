@@ -18,7 +18,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
 GOBIN_TOOLS := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build run deps test test-unit vm-test libvirt-test bench proto proto-check tools lint fmt clean
+.PHONY: all build run deps test test-unit vm-test libvirt-test bench fuzz proto proto-check tools lint fmt clean
 
 all: build
 
@@ -80,6 +80,23 @@ test: deps
 	@for m in shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	$(MAKE) vm-test
 	$(MAKE) libvirt-test
+
+# Every fuzz target of the tree, one after another, FUZZTIME each (go test
+# -fuzz takes one target per package per run); FUZZ=regexp picks targets by
+# name. make test runs their seed corpora only. A failure leaves its input in
+# the package's testdata/fuzz/<target>/: commit it with the fix, it is a
+# regression test from then on.
+FUZZTIME ?= 60s
+FUZZ ?= .
+fuzz:
+	@failed=""; \
+	for hit in $$(grep -r --include='*_test.go' -o '^func Fuzz[A-Za-z0-9_]*' shared cmd $(addprefix plugins/,$(PLUGINS)) | sed 's/:func /:/' | sort -u); do \
+		dir=$$(dirname $${hit%%:*}); name=$${hit##*:}; \
+		echo "$$name" | grep -Eq -- '$(FUZZ)' || continue; \
+		echo "== $$dir $$name ($(FUZZTIME))"; \
+		(cd $$dir && $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) .) || failed="$$failed $$dir:$$name"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi
 
 vm-test: build
 	cd tests && GUEST_AGENT_BIN=$(BIN) GUEST_AGENT_VM=1 $(GO) test -count=1 -timeout 5m -run 'TestVM' ./vm/...
