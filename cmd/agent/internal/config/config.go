@@ -39,6 +39,13 @@ type Config struct {
 	// LazyStart starts command plugins on their first command (default on):
 	// plugins nobody calls cost no memory.
 	LazyStart *bool `hcl:"lazy_start,optional"`
+	// PluginTLS runs go-plugin's AutoMTLS between the supervisor and each
+	// plugin (default off): the plugin sockets lie in the runtime
+	// directory, mode 0700, which only root can reach, and root could read
+	// the certificates go-plugin hands over in the environment anyway;
+	// under TCG the two certificates of each plugin (P-521) cost seconds
+	// of boot.
+	PluginTLS bool `hcl:"plugin_tls,optional"`
 	// RestartBackoffMax caps the delay between restarts of a plugin that
 	// keeps crashing (default "5s"); the first three crashes within 30 s
 	// restart at once.

@@ -72,6 +72,7 @@ type launchSpec struct {
 	sockDir  string
 	logLevel string
 	logger   hclog.Logger
+	tls      bool // go-plugin's AutoMTLS
 }
 
 func (l *launcher) launch(spec launchSpec) (*running, error) {
@@ -97,7 +98,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 			return pr, err
 		},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
+		AutoMTLS:         spec.tls,
 		Logger:           clientLogger{spec.logger},
 		StartTimeout:     20 * time.Second,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(

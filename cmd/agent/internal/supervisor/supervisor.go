@@ -310,6 +310,7 @@ func (s *Supervisor) launch(m *managed, why string) (*running, error) {
 		sockDir:  s.sockDir,
 		logLevel: levelName(s.logger),
 		logger:   s.logger,
+		tls:      s.opts.Config.PluginTLS,
 	})
 	if err != nil {
 		return nil, err
