@@ -4,30 +4,21 @@
 package vm
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/guest-agent/guest-agent/tests/guestimage"
 	"github.com/guest-agent/guest-agent/tests/harness"
 )
 
-// virtioModules are loaded in dependency order by the VM's init.
-var virtioModules = []string{
-	"drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",
-	"drivers/virtio/virtio_pci_modern_dev.ko", "drivers/virtio/virtio_pci_legacy_dev.ko",
-	"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
-	// The data disk of the fsfreeze check: virtio-blk and ext4 with its
-	// dependencies (modules.dep, and ext4's and jbd2's softdep on crc32c).
-	"drivers/block/virtio_blk.ko", "crypto/crc32c_generic.ko", "lib/crc16.ko",
-	"fs/mbcache.ko", "fs/jbd2/jbd2.ko", "fs/ext4/ext4.ko",
-}
+// guestModules are what the VM's init loads (their dependencies come
+// along): the virtio-serial port and the data disk of the fsfreeze check.
+var guestModules = []string{"virtio_pci", "virtio_console", "virtio_blk", "ext4"}
 
 const initScript = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -50,99 +41,20 @@ echo "guest-agent-vm: agent exited with $?"
 poweroff -f
 `
 
-func kernelVersion(t *testing.T) string {
-	entries, _ := filepath.Glob("/boot/vmlinuz-*")
-	if len(entries) == 0 {
-		t.Fatal("no kernel in /boot: install Debian's linux-image-amd64")
-	}
-	sort.Strings(entries)
-	return strings.TrimPrefix(filepath.Base(entries[len(entries)-1]), "vmlinuz-")
-}
-
-func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// buildInitramfs writes an uncompressed cpio archive (TCG decompresses
-// slowly) holding busybox, the virtio modules, the agent and its plugins.
+// buildInitramfs packs busybox, the modules, the agent and its plugins
+// with their manifests (make build writes them: the agent knows every
+// command at boot) and the init script.
 func buildInitramfs(t *testing.T, kver, bin string) string {
-	root := t.TempDir()
-	busybox := "/bin/busybox"
-	if out, err := exec.Command("file", "-L", busybox).Output(); err == nil && !bytes.Contains(out, []byte("static")) {
-		t.Fatalf("%s is not static: install busybox-static", busybox)
-	}
-	copyFile(t, busybox, filepath.Join(root, "bin/busybox"), 0o755)
-	for _, m := range virtioModules {
-		src := filepath.Join("/lib/modules", kver, "kernel", m)
-		// Numbered so the shell glob loads them in dependency order.
-		dst := filepath.Join(root, "lib/modules", fmt.Sprintf("%02d-%s", indexOf(m), filepath.Base(m)))
-		copyFile(t, src, dst, 0o644)
-	}
-	entries, err := os.ReadDir(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The plugins with their manifests (guest-agent-*.manifest, written
-	// by make build): the agent knows every command at boot.
-	manifests := 0
-	for _, e := range entries {
-		if e.Name() == "guest-agent" || (strings.HasPrefix(e.Name(), "guest-agent-") && !strings.Contains(e.Name(), "xenstore")) {
-			mode := os.FileMode(0o755)
-			if strings.HasSuffix(e.Name(), ".manifest") {
-				mode = 0o644
-				manifests++
-			}
-			copyFile(t, filepath.Join(bin, e.Name()), filepath.Join(root, "ga", e.Name()), mode)
-		}
-	}
-	if manifests == 0 {
+	manifests, _ := filepath.Glob(filepath.Join(bin, "guest-agent-*.manifest"))
+	if len(manifests) == 0 {
 		t.Fatalf("no plugin manifests in %s: run make build", bin)
 	}
-	if err := os.WriteFile(filepath.Join(root, "ga/none.hcl"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "init"), []byte(initScript), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "sbin", "usr/bin", "usr/sbin"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	archive := filepath.Join(t.TempDir(), "initramfs.cpio")
-	cmd := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet > "+archive)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cpio: %v\n%s", err, out)
-	}
-	return archive
-}
-
-func indexOf(m string) int {
-	for i, x := range virtioModules {
-		if x == m {
-			return i
-		}
-	}
-	return -1
+	im := guestimage.New(t)
+	im.AddModules(kver, guestModules...)
+	im.AddAgent(bin, "/ga", "/ga")
+	im.Write("/ga/none.hcl", "", 0o644)
+	im.Write("/init", initScript, 0o755)
+	return im.Archive()
 }
 
 type vmInstance struct {
@@ -156,7 +68,7 @@ func bootVM(t *testing.T) *vmInstance {
 		t.Skip("VM test runs through `make vm-test` (GUEST_AGENT_VM=1)")
 	}
 	bin := harness.BinDir(t)
-	kver := kernelVersion(t)
+	kver := guestimage.KernelVersion(t)
 	initrd := buildInitramfs(t, kver, bin)
 	dir := harness.ShortTempDir(t)
 	// The data disk: a small ext4 image, frozen and thawed by the test.
@@ -168,7 +80,7 @@ func bootVM(t *testing.T) *vmInstance {
 	vm.cmd = exec.Command("qemu-system-x86_64",
 		"-accel", "tcg", "-m", "1024", "-smp", "1",
 		"-nographic", "-no-reboot", "-nodefaults",
-		"-kernel", "/boot/vmlinuz-"+kver, "-initrd", initrd,
+		"-kernel", guestimage.Kernel(kver), "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet loglevel=3",
 		"-serial", "stdio",
 		"-chardev", "socket,path="+vm.socket+",server=on,wait=off,id=qga0",
