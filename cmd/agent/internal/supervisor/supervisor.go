@@ -555,7 +555,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 }
 
 // noteCrash records a failure and sets when the next start may happen: the
-// first three within ten seconds restart at once, then the delay doubles from
+// first three within 30 seconds restart at once, then the delay doubles from
 // 200 ms up to restart_backoff_max (Nomad's restart policy, in short).
 func (s *Supervisor) noteCrash(m *managed) {
 	now := time.Now()
