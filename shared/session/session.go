@@ -19,7 +19,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -115,26 +117,57 @@ func (o *Outbox) Done() <-chan struct{} { return o.done }
 // Close closes the outbox.
 func (o *Outbox) Close() error { return o.conn.Close() }
 
-// Send sends ev, with f's descriptor attached when f is not nil. The caller
-// keeps its own copy of f.
-func (o *Outbox) Send(ev Event, f *os.File) error {
+// Send sends ev, with c's descriptor attached when c is not nil: any
+// syscall.Conn (an *os.File, a *net.TCPConn, a *net.UnixConn...). The
+// caller keeps its own copy of c; the parser gets the descriptor
+// non-blocking, whatever the caller does with its copy.
+func (o *Outbox) Send(ev Event, c syscall.Conn) error {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("session: encode event: %w", err)
 	}
-	var oob []byte
-	if f != nil {
-		oob = unix.UnixRights(int(f.Fd()))
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, _, err := o.conn.WriteMsgUnix(b, oob, nil); err != nil {
+	send := func(fd uintptr) {
+		var oob []byte
+		if fd != noFD {
+			oob = unix.UnixRights(int(fd))
+		}
+		_, _, err = o.conn.WriteMsgUnix(b, oob, nil)
+	}
+	if isNil(c) {
+		send(noFD)
+	} else {
+		// Not File.Fd: it puts the file description, shared with the
+		// parser, in blocking mode, and each session would then hold a
+		// thread of the parser in read(2).
+		rc, cerr := c.SyscallConn()
+		if cerr != nil {
+			return fmt.Errorf("session: %s event: descriptor: %w", ev.Type, cerr)
+		}
+		if cerr := rc.Control(send); cerr != nil {
+			return fmt.Errorf("session: %s event: descriptor: %w", ev.Type, cerr)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("session: send %s event: %w", ev.Type, err)
 	}
 	if ev.Kind == KindListener || ev.WatchHost {
 		o.handedOver = true
 	}
 	return nil
+}
+
+// noFD stands for "no descriptor" in Send.
+const noFD = ^uintptr(0)
+
+// isNil tells a nil syscall.Conn, typed (a nil *os.File) or not.
+func isNil(c syscall.Conn) bool {
+	if c == nil {
+		return true
+	}
+	v := reflect.ValueOf(c)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // Inbox is the parser's listening socket for one channel.
@@ -194,6 +227,14 @@ func (f *Feed) Next() (Event, *os.File, error) {
 		}
 		for i, fd := range fds {
 			if i == 0 {
+				// Non-blocking before it is wrapped, whatever the exchange
+				// left: os.NewFile then puts it in the netpoller, so an idle
+				// session costs no thread (an exchange that sent it with
+				// File.Fd made it blocking).
+				if err := unix.SetNonblock(fd, true); err != nil {
+					unix.Close(fd)
+					continue
+				}
 				file = os.NewFile(uintptr(fd), "session")
 			} else {
 				unix.Close(fd) // never expected; do not leak it
