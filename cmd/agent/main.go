@@ -40,11 +40,33 @@ func main() {
 	}
 }
 
+// extraCommands are added to the root command by files built with tags
+// (docs.go: the hidden docs command of make doc).
+var extraCommands []func() *cobra.Command
+
 func newRootCmd() *cobra.Command {
 	f := &flags{}
 	root := &cobra.Command{
-		Use:           "guest-agent",
-		Short:         "Guest agent for virtual machines (qemu-ga compatible), built of plugins",
+		Use:   "guest-agent",
+		Short: "Guest agent for virtual machines (qemu-ga compatible), built of plugins",
+		Long: `guest-agent answers a host's requests inside a virtual machine: a drop-in for
+QEMU's qemu-ga (libvirt, Proxmox, OpenStack on KVM) and for OpenStack's XenStore
+nova-agent. It is a supervisor that launches plugins, each its own process: an
+exchange owns the transport (virtio-serial, serial, unix or vsock socket,
+XenStore), a parser speaks the dialect (qga, nova) and command plugins serve the
+commands. Its flags are qemu-ga's; without any it serves the host's
+virtio-serial port /dev/virtio-ports/org.qemu.guest_agent.0.
+
+Plugins are the guest-agent-* binaries found in --plugin-dir, beside
+guest-agent, in /usr/lib/guest-agent/plugins and in /etc/guest-agent/plugins.d,
+each with its manifest (guest-agent manifest). The configuration file
+/etc/guest-agent/agent.hcl (agent.hcl(5)) declares channels, limits and plugin
+options; flags win over it. State lives in /var/lib/guest-agent, plugin sockets
+and the frozen flags in /run/guest-agent.
+
+Under systemd (guest-agent.service, started by udev when the port appears) the
+log goes to the journal with each line's priority and without timestamps of
+its own.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, f) },
@@ -88,6 +110,9 @@ func newRootCmd() *cobra.Command {
 		},
 	})
 	root.AddCommand(cfgCmd)
+	for _, add := range extraCommands {
+		root.AddCommand(add())
+	}
 	return root
 }
 

@@ -5,8 +5,11 @@ go 1.26.0
 require github.com/spf13/cobra v1.10.2
 
 require (
+	github.com/cpuguy83/go-md2man/v2 v2.0.6 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
+	go.yaml.in/yaml/v3 v3.0.4 // indirect
 )
 
 replace github.com/guest-agent/guest-agent/shared => ../../shared

@@ -30,11 +30,21 @@ func main() {
 	}
 }
 
+// extraCommands are added to the root command by files built with tags
+// (docs.go: the hidden docs command of make doc).
+var extraCommands []func() *cobra.Command
+
 func newRootCmd() *cobra.Command {
 	o := &options{}
 	root := &cobra.Command{
-		Use:           "guestctl",
-		Short:         "Talk to a guest agent (guest-agent or qemu-ga) from the host",
+		Use:   "guestctl",
+		Short: "Talk to a guest agent (guest-agent or qemu-ga) from the host",
+		Long: `guestctl talks to the agent of a virtual machine from the host, through the
+unix socket of the guest's agent channel (QEMU's -chardev socket,...
+-device virtserialport,name=org.qemu.guest_agent.0), like virsh
+qemu-agent-command and qemu-ga-client. Before each command it resynchronises
+the stream with guest-sync-delimited, as libvirt does (--no-sync skips it).
+It works with guest-agent and with qemu-ga.`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -42,7 +52,14 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVarP(&o.socket, "socket", "s", "", "unix socket of the guest's agent channel (required)")
 	root.PersistentFlags().DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each exchange with the agent")
 	root.PersistentFlags().BoolVar(&o.noSync, "no-sync", false, "skip the guest-sync-delimited handshake before the command")
-	_ = root.MarkPersistentFlagRequired("socket")
+	// Required by the commands that talk to an agent, not by help or
+	// completion (cobra's required flag would refuse "completion bash").
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if o.socket == "" && talksToAgent(cmd) {
+			return fmt.Errorf("required flag \"socket\" not set")
+		}
+		return nil
+	}
 
 	root.AddCommand(&cobra.Command{
 		Use: "ping", Short: "Check that the agent answers", Args: cobra.NoArgs,
@@ -125,7 +142,22 @@ func newRootCmd() *cobra.Command {
 			return nil
 		},
 	})
+	for _, add := range extraCommands {
+		root.AddCommand(add())
+	}
 	return root
+}
+
+// talksToAgent tells whether cmd needs --socket: not help, cobra's
+// completion command and its shells, nor docs (make doc).
+func talksToAgent(cmd *cobra.Command) bool {
+	for c := cmd; c.HasParent(); c = c.Parent() {
+		switch c.Name() {
+		case "help", "completion", "docs":
+			return false
+		}
+	}
+	return true
 }
 
 // call connects, syncs and runs one command.
