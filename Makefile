@@ -16,7 +16,17 @@ PLUGINS := $(notdir $(wildcard plugins/*))
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
+NFPM_VERSION := v2.45.2
 GOBIN_TOOLS := $(shell $(GO) env GOPATH)/bin
+NFPM := $(GOBIN_TOOLS)/nfpm
+
+# make package: packages in dist/, man pages and completions in build/doc,
+# nfpm configurations in build/nfpm. PKG_VERSION overrides the version
+# derived from git describe (packaging/version.go).
+DIST := $(CURDIR)/dist
+DOC := $(CURDIR)/build/doc
+NFPM_CONFIGS := $(CURDIR)/build/nfpm
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 
 .PHONY: all build run deps test test-unit vm-test libvirt-test bench fuzz proto proto-check tools lint fmt clean
 
@@ -43,6 +53,7 @@ tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 
 # Regenerates the committed protobuf code byte for byte (protoc 3.21 from
 # Debian's protobuf-compiler, generator versions pinned above).
@@ -54,7 +65,7 @@ proto:
 	mv shared/gen/guestagentv1/guestagent/v1/*.go shared/gen/guestagentv1/
 	rm -rf shared/gen/guestagentv1/guestagent
 
-MODULES := shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)) tests
+MODULES := shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)) tests packaging
 
 # Fails when the committed generated code is not what `make proto` makes.
 proto-check: proto
@@ -66,6 +77,8 @@ fmt:
 lint:
 	@test -z "$$(gofmt -l $(MODULES))" || { gofmt -l $(MODULES); echo "gofmt: files above need formatting"; exit 1; }
 	@for m in $(MODULES); do (cd $$m && $(GO) vet ./... && $(GOBIN_TOOLS)/staticcheck ./...) || exit 1; done
+	@# The hidden docs commands (make doc) are built with -tags docs only.
+	@for m in cmd/agent cmd/guestctl; do (cd $$m && $(GO) vet -tags docs ./... && $(GOBIN_TOOLS)/staticcheck -tags docs ./...) || exit 1; done
 
 test-unit:
 	@for m in $(MODULES); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
@@ -78,6 +91,7 @@ test: deps
 	$(MAKE) build lint proto-check
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) test -count=1 -timeout 15m ./...
 	@for m in shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
+	$(MAKE) package-test
 	$(MAKE) vm-test
 	$(MAKE) libvirt-test
 
@@ -113,5 +127,39 @@ bench: build
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) run ./bench
 	cd tests && GUEST_AGENT_BIN=$(BIN) $(GO) test -run '^$$' -bench NovaRoundTrip -benchtime 30x ./xen/
 
+.PHONY: doc package package-test
+
+# Man pages (guest-agent(8) and its subcommands, agent.hcl(5), guestctl(1))
+# and bash, zsh and fish completions, written by the hidden docs command of
+# each binary, which only a -tags docs build has (cobra's doc generator stays
+# out of the shipped binaries).
+doc:
+	rm -rf $(DOC)
+	cd cmd/agent && SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run -tags docs -ldflags "-X main.version=$(VERSION)" . docs --dir $(DOC)
+	cd cmd/guestctl && SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run -tags docs -ldflags "-X main.version=$(VERSION)" . docs --dir $(DOC)
+	gzip -9n $(DOC)/man/*/*
+
+# .deb and .rpm of every package (README "Install") from the binaries and
+# manifests of make build, exactly: a manifest names its binary by build id
+# and size. packaging/ writes one nfpm configuration per package from one
+# template per kind of package.
+package: build doc
+	@test -x $(NFPM) || $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	rm -rf $(DIST) $(NFPM_CONFIGS)
+	@mkdir -p $(DIST)
+	cd packaging && $(GO) run . -describe "$(VERSION)" -commits "$$(git rev-list --count HEAD 2>/dev/null || echo 1)" \
+		-arch "$$($(GO) env GOARCH)" -bin $(BIN) -doc $(DOC) -out $(NFPM_CONFIGS) -plugins "$(PLUGINS)" \
+		$(if $(PKG_VERSION),-version "$(PKG_VERSION)")
+	@for f in $(NFPM_CONFIGS)/*.yaml; do \
+		$(NFPM) package --config $$f --packager deb --target $(DIST)/ >/dev/null && \
+		$(NFPM) package --config $$f --packager rpm --target $(DIST)/ >/dev/null || exit 1; \
+	done
+	@ls -l $(DIST)
+
+# What the packages hold (files, modes, conffiles, relations, scripts), read
+# back with dpkg-deb and rpm.
+package-test: package
+	cd packaging && GUEST_AGENT_DIST=$(DIST) GUEST_AGENT_BIN=$(BIN) $(GO) test -count=1 ./...
+
 clean:
-	rm -rf $(BIN) run
+	rm -rf $(BIN) run $(DIST) build

@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
 #                                the libvirt test (libvirtd started by it)
 #   gcc, libc6-dev               a real LD_PRELOAD object (cmd-exec test)
+#   rpm                          reading the .rpm packages back (package test)
 packages=(
 	ca-certificates git make gcc libc6-dev
 	protobuf-compiler qemu-guest-agent
@@ -25,6 +26,7 @@ packages=(
 	iproute2 e2fsprogs util-linux
 	xen-utils-4.17 xenstore-utils
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+	rpm
 )
 
 missing=()
@@ -45,7 +47,7 @@ if ((${#missing[@]} > 0)); then
 fi
 
 gobin="$(${GO:-go} env GOPATH)/bin"
-if [[ ! -x "$gobin/protoc-gen-go" || ! -x "$gobin/protoc-gen-go-grpc" || ! -x "$gobin/staticcheck" ]]; then
+if [[ ! -x "$gobin/protoc-gen-go" || ! -x "$gobin/protoc-gen-go-grpc" || ! -x "$gobin/staticcheck" || ! -x "$gobin/nfpm" ]]; then
 	echo "test-deps: installing the pinned Go tools (make tools)"
 	make --no-print-directory tools
 fi
