@@ -99,17 +99,23 @@ test: deps
 # -fuzz takes one target per package per run); FUZZ=regexp picks targets by
 # name. make test runs their seed corpora only. A failure leaves its input in
 # the package's testdata/fuzz/<target>/: commit it with the fix, it is a
-# regression test from then on.
+# regression test from then on. Go 1.26's coordinator sometimes fails a run
+# with "context deadline exceeded" as -fuzztime ends (go.dev/issue/75804,
+# fixed in 1.27): without a new input written that is reported, not failed.
 FUZZTIME ?= 60s
 FUZZ ?= .
 fuzz:
-	@failed=""; \
+	@failed=""; flaked=""; log=$$(mktemp); \
 	for hit in $$(grep -r --include='*_test.go' -o '^func Fuzz[A-Za-z0-9_]*' shared cmd $(addprefix plugins/,$(PLUGINS)) | sed 's/:func /:/' | sort -u); do \
 		dir=$$(dirname $${hit%%:*}); name=$${hit##*:}; \
-		echo "$$name" | grep -Eq -- '$(FUZZ)' || continue; \
+		echo "$$name" | grep -Eq -- '$(value FUZZ)' || continue; \
 		echo "== $$dir $$name ($(FUZZTIME))"; \
-		(cd $$dir && $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) .) || failed="$$failed $$dir:$$name"; \
-	done; \
+		before=$$(ls $$dir/testdata/fuzz/$$name 2>/dev/null | wc -l); \
+		if (cd $$dir && $(GO) test -timeout 0 -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) .) 2>&1 | tee $$log; test $${PIPESTATUS[0]} -eq 0; then continue; fi; \
+		if [ "$$(ls $$dir/testdata/fuzz/$$name 2>/dev/null | wc -l)" = "$$before" ] && grep -q 'context deadline exceeded' $$log; then \
+			flaked="$$flaked $$dir:$$name"; else failed="$$failed $$dir:$$name"; fi; \
+	done; rm -f $$log; \
+	if [ -n "$$flaked" ]; then echo "fuzz: ended by go.dev/issue/75804, no failing input:$$flaked"; fi; \
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi
 
 vm-test: build
