@@ -156,16 +156,16 @@ package: build doc
 	cd packaging && $(GO) run . -describe "$(VERSION)" -commits "$$(git rev-list --count HEAD 2>/dev/null || echo 1)" \
 		-arch "$$($(GO) env GOARCH)" -bin $(BIN) -doc $(DOC) -out $(NFPM_CONFIGS) -plugins "$(PLUGINS)" \
 		$(if $(PKG_VERSION),-version "$(PKG_VERSION)")
-	@for f in $(NFPM_CONFIGS)/*.yaml; do \
-		$(NFPM) package --config $$f --packager deb --target $(DIST)/ >/dev/null && \
-		$(NFPM) package --config $$f --packager rpm --target $(DIST)/ >/dev/null || exit 1; \
-	done
+	@# nfpm says why it failed on stdout: shown only then.
+	@for f in $(NFPM_CONFIGS)/*.yaml; do for p in deb rpm; do \
+		out=$$($(NFPM) package --config $$f --packager $$p --target $(DIST)/ 2>&1) || { echo "$$out"; exit 1; }; \
+	done; done
 	@ls -l $(DIST)
 
 # What the packages hold (files, modes, conffiles, relations, scripts), read
 # back with dpkg-deb and rpm.
 package-test: package
-	cd packaging && GUEST_AGENT_DIST=$(DIST) GUEST_AGENT_BIN=$(BIN) $(GO) test -count=1 ./...
+	cd packaging && GUEST_AGENT_DIST=$(DIST) GUEST_AGENT_BIN=$(BIN) NFPM=$(NFPM) GO=$(GO) $(GO) test -count=1 ./...
 
 clean:
 	rm -rf $(BIN) run $(DIST) build

@@ -773,7 +773,11 @@ func TestThirdPartyTemplate(t *testing.T) {
 		}
 	}
 	// A plugin of another module, like a third party's: the e2e test plugin.
-	build := exec.Command("go", "build", "-o", filepath.Join(work, "guest-agent-cmd-test"), "../tests/testplugin")
+	goCmd := os.Getenv("GO") // make's Go, which need not be on PATH
+	if goCmd == "" {
+		goCmd = "go"
+	}
+	build := exec.Command(goCmd, "build", "-o", filepath.Join(work, "guest-agent-cmd-test"), "../tests/testplugin")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the test plugin: %v\n%s", err, out)
