@@ -105,9 +105,9 @@ func main() {
 		// The worst input known for a JSON streamer: a string of nothing
 		// but escapes (each one a step of the scanner). CPU of every
 		// process of the agent, per MiB of input.
-		ca := badInputCPU(ours, 4<<20)
-		cb := badInputCPU(ref, 4<<20)
-		row("CPU per MiB of escapes (ms)", ca, cb, "%.1f", "4 MiB request of \\\\; lower is better")
+		ca := badInputCPU(ours, 32<<20)
+		cb := badInputCPU(ref, 32<<20)
+		row("CPU per MiB of escapes (ms)", ca, cb, "%.1f", "32 MiB request of \\\\; lower is better")
 	}
 	if want("exec") {
 		ea := execTrue(ours.socket, 50)
