@@ -96,11 +96,7 @@ func TestUnreadReplyIsBounded(t *testing.T) {
 	if _, err := io.Copy(io.Discard, conn); err != nil && !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("the stalled session was not closed: %v", err)
 	}
-	for end := time.Now().Add(3 * time.Second); !strings.Contains(a.Log.String(), "read nothing of a reply for write_timeout"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the log does not say why the session was closed")
-		}
-	}
+	waitLog(t, a, "read nothing of a reply for write_timeout", "the log does not say why the session was closed")
 	now := waitMemoryBack(t, "parser after the stalled session", func() int { return rssKiB(t, parser) }, idle, 8<<10, 15*time.Second)
 	t.Logf("parser RSS back to %d KiB", now)
 	c := harness.MustDial(t, sock)

@@ -194,9 +194,7 @@ func TestFreezeDeadlineThaws(t *testing.T) {
 		t.Fatal("status says thawed but writes still block")
 	}
 	t.Logf("thawed on its own %s after the freeze", took.Round(10*time.Millisecond))
-	if log := a.Log.String(); !strings.Contains(log, "freeze outlived fsfreeze_max") {
-		t.Fatalf("the log does not say why the guest was thawed:\n%s", log)
-	}
+	waitLog(t, a, "freeze outlived fsfreeze_max", "the log does not say why the guest was thawed")
 	// Not frozen any more for the parser either.
 	c = harness.MustDial(t, sock)
 	decodeReturn(t, call(t, c, `{"execute":"guest-file-open","arguments":{"path":"/etc/hostname"}}`+"\n"), new(int64))
@@ -251,5 +249,16 @@ channel "qga" {
 				t.Fatalf("the kernel's state does not match %q", want)
 			}
 		})
+	}
+}
+
+// waitLog waits for text in the agent's log: a plugin's lines reach the
+// supervisor's log through go-plugin a moment after they are written.
+func waitLog(t *testing.T, a *harness.Agent, text, why string) {
+	t.Helper()
+	for end := time.Now().Add(3 * time.Second); !strings.Contains(a.Log.String(), text); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%s:\n%s", why, a.Log.String())
+		}
 	}
 }

@@ -72,9 +72,7 @@ func TestMaxSessionsOnHandedOverListener(t *testing.T) {
 	if served != 4 || refused != 6 {
 		t.Fatalf("served %d and refused %d of 10 sessions with max_sessions = 4\n%s", served, refused, a.Log.String())
 	}
-	if !strings.Contains(a.Log.String(), "connections refused: session limit reached") {
-		t.Fatal("the refusals are not logged")
-	}
+	waitLog(t, a, "connections refused: session limit reached", "the refusals are not logged")
 	conns[0].Close()
 	time.Sleep(200 * time.Millisecond)
 	c := harness.MustDial(t, sock)
