@@ -47,7 +47,7 @@ build:
 run: build
 	@mkdir -p run/state
 	@echo "talk to it with: ./bin/guestctl --socket ./run/qga.sock ping"
-	$(BIN)/guest-agent run --method unix-listen --path ./run/qga.sock --statedir ./run/state --plugin-dir $(BIN)
+	$(BIN)/guest-agent run --method unix-listen --path ./run/qga.sock --statedir ./run/state --runtime-dir ./run/rt --plugin-dir $(BIN)
 
 tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
