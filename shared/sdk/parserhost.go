@@ -504,6 +504,13 @@ func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession)
 			// A disconnect and reconnect merged into one look while the
 			// session waits after an EOF: wake it, it costs one read.
 			s.hostEvent(true)
+		case !up:
+			// Still no host, yet something changed: a host may have
+			// connected, written and gone between two looks. The read
+			// finds its request, or an EOF at once (as the exchange's
+			// watch does).
+			s.hostEvent(true)
+			s.hostEvent(false)
 		}
 	}
 }
