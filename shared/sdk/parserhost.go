@@ -508,9 +508,8 @@ func (e *ParserEngine) watchHost(st *channelState, f *os.File, s *StreamSession)
 			// Still no host, yet something changed: a host may have
 			// connected, written and gone between two looks. The read
 			// finds its request, or an EOF at once (as the exchange's
-			// watch does).
+			// watch does). up stays false: the next connect is a change.
 			s.hostEvent(true)
-			s.hostEvent(false)
 		}
 	}
 }
