@@ -26,6 +26,11 @@
 # no memory.
 #lazy_start = true
 
+# go-plugin's AutoMTLS on each plugin connection. Off: the plugin sockets
+# lie in the root-only runtime directory; in a small guest the certificates
+# cost about a second of boot per pair of plugins.
+#plugin_tls = false
+
 # Cap of the delay between restarts of a plugin that keeps crashing (the
 # first three crashes within 30 s restart at once).
 #restart_backoff_max = "5s"
