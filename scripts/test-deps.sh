@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
 #                                the libvirt test (libvirtd started by it)
 #   gcc, libc6-dev               a real LD_PRELOAD object (cmd-exec test)
+#   mmdebstrap                   the Debian guest test's root filesystem
 #   rpm                          reading the .rpm packages back (package test)
 packages=(
 	ca-certificates git make gcc libc6-dev
@@ -26,7 +27,7 @@ packages=(
 	iproute2 e2fsprogs util-linux
 	xen-utils-4.17 xenstore-utils
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-	rpm
+	rpm mmdebstrap
 )
 
 missing=()
