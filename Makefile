@@ -71,7 +71,7 @@ proto:
 	mv shared/gen/guestagentv1/guestagent/v1/*.go shared/gen/guestagentv1/
 	rm -rf shared/gen/guestagentv1/guestagent
 
-MODULES := shared cmd/agent cmd/guestctl $(addprefix plugins/,$(PLUGINS)) tests packaging
+MODULES := shared cmd/agent cmd/docgen cmd/guestctl $(addprefix plugins/,$(PLUGINS)) tests packaging
 
 # Fails when the committed generated code is not what `make proto` makes.
 proto-check: proto

@@ -3,6 +3,7 @@ module github.com/guest-agent/guest-agent/cmd/agent
 go 1.26.0
 
 require (
+	github.com/guest-agent/guest-agent/cmd/docgen v0.0.0
 	github.com/cpuguy83/go-md2man/v2 v2.0.6
 	github.com/guest-agent/guest-agent/shared v0.0.0
 	github.com/hashicorp/go-hclog v1.6.3
@@ -40,3 +41,4 @@ require (
 )
 
 replace github.com/guest-agent/guest-agent/shared => ../../shared
+replace github.com/guest-agent/guest-agent/cmd/docgen => ../docgen

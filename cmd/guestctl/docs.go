@@ -3,12 +3,10 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"time"
 
+	"github.com/guest-agent/guest-agent/cmd/docgen"
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 )
@@ -27,7 +25,7 @@ func newDocsCmd() *cobra.Command {
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			root := cmd.Root()
-			date, err := manDate()
+			date, err := docgen.ManDate()
 			if err != nil {
 				return err
 			}
@@ -41,53 +39,10 @@ func newDocsCmd() *cobra.Command {
 			}, man1); err != nil {
 				return err
 			}
-			return writeCompletions(root, dir)
+			return docgen.WriteCompletions(root, dir)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "output directory (man/, completion/)")
 	_ = cmd.MarkFlagRequired("dir")
 	return cmd
-}
-
-// manDate is SOURCE_DATE_EPOCH's date when set (reproducible builds), else
-// today.
-func manDate() (time.Time, error) {
-	if epoch := os.Getenv("SOURCE_DATE_EPOCH"); epoch != "" {
-		sec, err := strconv.ParseInt(epoch, 10, 64)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH: %w", err)
-		}
-		return time.Unix(sec, 0).UTC(), nil
-	}
-	return time.Now().UTC(), nil
-}
-
-// writeCompletions writes cobra's completion scripts of root under
-// dir/completion/{bash,zsh,fish}, named as the shells look them up.
-func writeCompletions(root *cobra.Command, dir string) error {
-	name := root.Name()
-	for _, c := range []struct {
-		shell, file string
-		gen         func(*os.File) error
-	}{
-		{"bash", name, func(f *os.File) error { return root.GenBashCompletionV2(f, true) }},
-		{"zsh", "_" + name, func(f *os.File) error { return root.GenZshCompletion(f) }},
-		{"fish", name + ".fish", func(f *os.File) error { return root.GenFishCompletion(f, true) }},
-	} {
-		if err := os.MkdirAll(filepath.Join(dir, "completion", c.shell), 0o755); err != nil {
-			return err
-		}
-		f, err := os.Create(filepath.Join(dir, "completion", c.shell, c.file))
-		if err != nil {
-			return err
-		}
-		err = c.gen(f)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("%s completion: %w", c.shell, err)
-		}
-	}
-	return nil
 }

@@ -5,6 +5,7 @@ go 1.26.0
 require github.com/spf13/cobra v1.10.2
 
 require (
+	github.com/guest-agent/guest-agent/cmd/docgen v0.0.0
 	github.com/cpuguy83/go-md2man/v2 v2.0.6 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
@@ -13,3 +14,4 @@ require (
 )
 
 replace github.com/guest-agent/guest-agent/shared => ../../shared
+replace github.com/guest-agent/guest-agent/cmd/docgen => ../docgen
