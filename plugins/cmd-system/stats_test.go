@@ -137,7 +137,9 @@ func TestGetCPUStatsOfThisMachine(t *testing.T) {
 			}
 			total += v
 		}
-		if uptimeMs := float64(si.Uptime+2) * 1000; total > uptimeMs {
+		// Per-CPU tick accounting drifts from the uptime clock on a virtual
+		// machine (seen: 0.3 % over after two hours): 1 % of slack.
+		if uptimeMs := float64(si.Uptime+2) * 1000 * 1.01; total > uptimeMs {
 			t.Errorf("cpu %d: %v ms accounted, uptime is %v ms", i, total, uptimeMs)
 		}
 	}
