@@ -60,8 +60,10 @@ type Outcome struct {
 	// is encoded (see Done).
 	Release func()
 
-	// epoch is the session epoch its request arrived in (StreamSession.Go).
-	epoch uint64
+	// epoch and hostEpoch are the session's epochs its request arrived in,
+	// isSync whether it was a sync (StreamSession.Go, WriteReply).
+	epoch, hostEpoch uint64
+	isSync           bool
 }
 
 // Done releases the outcome's buffers; safe on any outcome.

@@ -1077,6 +1077,10 @@ type StreamSession struct {
 	// up on the others, and would take a late one for the answer to a later
 	// request. Changed under wmu, so no stale reply follows a sync's.
 	epoch atomic.Uint64
+	// hostEpoch counts the EOFs of a persistent session (WaitHost): a
+	// reply other than a sync's is written only in the one its request
+	// arrived in.
+	hostEpoch atomic.Uint64
 
 	hostMu   sync.Mutex
 	hostUp   bool
@@ -1174,6 +1178,10 @@ func (s *StreamSession) WriteReply(o *Outcome, parts ...[]byte) (written bool, e
 		s.Logger().Debug("reply dropped: the host resynchronised since its request", "origin", s.origin)
 		return false, nil
 	}
+	if !o.isSync && o.hostEpoch != s.hostEpoch.Load() {
+		s.Logger().Debug("reply dropped: the host that asked went away", "origin", s.origin)
+		return false, nil
+	}
 	err = s.writeParts(parts)
 	if err != nil {
 		s.writeStalled(err)
@@ -1205,11 +1213,17 @@ func (s *StreamSession) Persistent() bool { return s.persistent }
 // so an EOF can never turn into a busy loop and a reconnect is never missed.
 func (s *StreamSession) WaitHost(ctx context.Context) error {
 	// The EOF closed the host's connection: whatever it asked and is
-	// still running is answered to nobody, never to the next host. The
-	// reader sees the EOF after every byte the old host sent and before
-	// any of the next one's, so this epoch is exact where host events,
-	// which come from the exchange, could not be.
-	s.newEpoch()
+	// still running is answered to nobody, never to the next host. Host
+	// events come from another process and could not draw this line.
+	// The EOF itself is not exact either: virtio_console applies a host's
+	// "port open" from a work queue, after the data that followed it may
+	// already have been read, so an EOF can come after the next host's
+	// first request. Hosts begin with a sync and wait for its reply:
+	// sync replies are kept across EOFs (hostEpoch), only a later sync
+	// drops them.
+	s.wmu.Lock()
+	s.hostEpoch.Add(1)
+	s.wmu.Unlock()
 	for {
 		s.hostMu.Lock()
 		if s.hostGen != s.lastGen && s.hostUp {
@@ -1256,17 +1270,18 @@ func (s *StreamSession) hostEvent(up bool) {
 // one, no reply to a request that arrived before it is written (their
 // commands still run; their replies are dropped).
 func (s *StreamSession) Go(ctx context.Context, command string, args json.RawMessage, done func(*Outcome)) {
-	if command == "guest-sync" || command == "guest-sync-delimited" {
+	isSync := command == "guest-sync" || command == "guest-sync-delimited"
+	if isSync {
 		s.newEpoch()
 	}
-	epoch := s.epoch.Load()
+	epoch, hostEpoch := s.epoch.Load(), s.hostEpoch.Load()
 	// The request counts against the memory budget until its reply is
 	// written or dropped.
 	held := int64(len(args))
 	s.hold.add(held)
 	arrived := done
 	done = func(o *Outcome) {
-		o.epoch = epoch
+		o.epoch, o.hostEpoch, o.isSync = epoch, hostEpoch, isSync
 		arrived(o)
 		s.hold.add(-held)
 	}
