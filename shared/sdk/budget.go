@@ -35,6 +35,9 @@ type budget struct {
 	channelMax int64
 	sessionMax int64
 	held       atomic.Int64
+	// waiting counts sessions waiting for room: only then does a release
+	// take the lock to wake them (every request releases bytes).
+	waiting atomic.Int32
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when bytes are released
@@ -56,7 +59,7 @@ func (h *sessionHold) add(n int64) {
 	}
 	h.held.Add(n)
 	h.b.held.Add(n)
-	if n < 0 {
+	if n < 0 && h.b.waiting.Load() > 0 {
 		h.b.mu.Lock()
 		close(h.b.changed)
 		h.b.changed = make(chan struct{})
@@ -64,15 +67,27 @@ func (h *sessionHold) add(n int64) {
 	}
 }
 
-// room reports whether the session may read more; when it may not, wait
-// is closed once some bytes are released.
-func (h *sessionHold) room() (ok bool, wait <-chan struct{}) {
+func (h *sessionHold) fits() bool {
+	return h.held.Load() < h.b.sessionMax && h.b.held.Load() < h.b.channelMax
+}
+
+// room reports whether the session may read more, without a lock when it
+// may. When it may not, the session counts as waiting (done must be called
+// once the wait is over) and wait is closed once some bytes are released.
+// A release adds to held before it looks at waiting, and the session adds
+// to waiting before it looks at held again: one of them sees the other.
+func (h *sessionHold) room() (ok bool, wait <-chan struct{}, done func()) {
+	if h.fits() {
+		return true, nil, nil
+	}
 	h.b.mu.Lock()
 	defer h.b.mu.Unlock()
-	if h.held.Load() < h.b.sessionMax && h.b.held.Load() < h.b.channelMax {
-		return true, nil
+	h.b.waiting.Add(1)
+	if h.fits() {
+		h.b.waiting.Add(-1)
+		return true, nil, nil
 	}
-	return false, h.b.changed
+	return false, h.b.changed, func() { h.b.waiting.Add(-1) }
 }
 
 // WaitRoom blocks until the session may read more: the bytes held for it
@@ -85,7 +100,7 @@ func (h *sessionHold) room() (ok bool, wait <-chan struct{}) {
 func (s *StreamSession) WaitRoom(ctx context.Context, deadline time.Time) error {
 	var expired <-chan time.Time
 	for {
-		ok, wait := s.hold.room()
+		ok, wait, done := s.hold.room()
 		if ok {
 			return nil
 		}
@@ -97,12 +112,17 @@ func (s *StreamSession) WaitRoom(ctx context.Context, deadline time.Time) error 
 			defer t.Stop()
 			expired = t.C
 		}
+		var err error
 		select {
 		case <-wait:
 		case <-expired:
-			return os.ErrDeadlineExceeded
+			err = os.ErrDeadlineExceeded
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		done()
+		if err != nil {
+			return err
 		}
 	}
 }
