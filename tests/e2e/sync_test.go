@@ -20,23 +20,11 @@ import (
 func libvirtSync(t *testing.T, c *harness.Conn, id int) (dropped []string, took time.Duration) {
 	t.Helper()
 	start := time.Now()
-	if err := c.SetDeadline(start.Add(5 * time.Second)); err != nil {
+	dropped, err := c.SyncDelimited(id, 5*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fmt.Fprintf(c, "\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%d}}\n", id); err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprint(id)
-	for {
-		line, err := c.R.ReadString('\n')
-		if err != nil {
-			t.Fatalf("guest-sync-delimited %d: no reply within libvirt's 5 s (%v); dropped %d lines", id, err, len(dropped))
-		}
-		if r, delimited := harness.Decode(t, line); delimited && r.Error == nil && string(r.Return) == want {
-			return dropped, time.Since(start)
-		}
-		dropped = append(dropped, line)
-	}
+	return dropped, time.Since(start)
 }
 
 // expectNoLine fails if the agent writes anything within d.

@@ -234,6 +234,31 @@ func Decode(t testing.TB, line string) (Reply, bool) {
 	return r, delimited
 }
 
+// SyncDelimited resynchronises as libvirt does before every command: a
+// 0xFF byte, guest-sync-delimited with id, then lines are read until the
+// delimited one that returns id, all within d. It returns the lines read
+// before that one: replies the host would drop as stale.
+func (c *Conn) SyncDelimited(id int, within time.Duration) (before []string, err error) {
+	if err := c.SetDeadline(time.Now().Add(within)); err != nil {
+		return nil, err
+	}
+	if _, err := fmt.Fprintf(c, "\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%d}}\n", id); err != nil {
+		return nil, err
+	}
+	want := strconv.Itoa(id)
+	for {
+		line, err := c.R.ReadString('\n')
+		if err != nil {
+			return before, fmt.Errorf("guest-sync-delimited %d: no reply within %s (%w); %d lines before", id, within, err, len(before))
+		}
+		var r Reply
+		if strings.HasPrefix(line, "\xff") && json.Unmarshal([]byte(line[1:]), &r) == nil && r.Error == nil && string(r.Return) == want {
+			return before, nil
+		}
+		before = append(before, line)
+	}
+}
+
 // Children returns the pids whose parent is pid.
 func Children(pid int) []int {
 	var out []int

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/guest-agent/guest-agent/tests/harness"
 )
 
 // checkFireAndForget: a host writes one request and closes the port's
@@ -28,18 +26,12 @@ func checkFireAndForget(t *testing.T, vm *vmInstance) {
 	defer c.Close()
 	// The next host syncs as libvirt does: the first line it reads must be
 	// its own sync's reply, not the reply to the earlier host's request.
-	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Write([]byte("\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":9090}}\n")); err != nil {
-		t.Fatal(err)
-	}
-	line, err := c.R.ReadString('\n')
+	stale, err := c.SyncDelimited(9090, 10*time.Second)
 	if err != nil {
 		t.Fatalf("sync after a fire-and-forget request: %v", err)
 	}
-	if r, delimited := harness.Decode(t, line); !delimited || string(r.Return) != "9090" {
-		t.Fatalf("the next host's first line is not its sync's reply: %q", line)
+	if len(stale) != 0 {
+		t.Fatalf("the next host's first line is not its sync's reply: %q", stale)
 	}
 	out := guestSh(t, c, "cat /tmp/fire-and-forget 2>/dev/null || echo none; date +%s")
 	fields := strings.Fields(out)
