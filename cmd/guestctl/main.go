@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/guest-agent/guest-agent/cmd/guestctl/internal/domains"
 	"github.com/guest-agent/guest-agent/cmd/guestctl/internal/qga"
 	"github.com/spf13/cobra"
 )
@@ -21,6 +22,7 @@ type options struct {
 	socket  string
 	timeout time.Duration
 	noSync  bool
+	guests  guestFlags
 }
 
 func main() {
@@ -49,14 +51,27 @@ It works with guest-agent and with qemu-ga.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVarP(&o.socket, "socket", "s", "", "unix socket of the guest's agent channel (required)")
+	root.PersistentFlags().StringVarP(&o.socket, "socket", "s", "", "unix socket of the guest's agent channel (or --domain)")
 	root.PersistentFlags().DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each exchange with the agent")
 	root.PersistentFlags().BoolVar(&o.noSync, "no-sync", false, "skip the guest-sync-delimited handshake before the command")
+	o.guests.register(root)
 	// Required by the commands that talk to an agent, not by help or
 	// completion (cobra's required flag would refuse "completion bash").
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
-		if o.socket == "" && talksToAgent(cmd) {
-			return fmt.Errorf("required flag \"socket\" not set")
+		if !talksToAgent(cmd) {
+			return nil
+		}
+		switch {
+		case o.socket != "" && o.guests.domain != "":
+			return fmt.Errorf("--socket and --domain name two guests: give one")
+		case o.socket == "" && o.guests.domain == "":
+			return fmt.Errorf("no guest: give --socket PATH or --domain NAME")
+		case o.guests.domain != "":
+			s, err := o.guests.socket(cmd.Context(), domains.AgentChannel)
+			if err != nil {
+				return err
+			}
+			o.socket = s
 		}
 		return nil
 	}
