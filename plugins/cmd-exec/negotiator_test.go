@@ -37,7 +37,7 @@ func TestListCommands(t *testing.T) {
 	dir := commandsDir(t)
 	a := newTestAgent(t, jsonArgs(t, map[string]any{"commands_dir": dir}))
 	got, e := a.result(context.Background(), "list-commands", `{}`)
-	if e != nil || got != `["chatty","fails","hello","slow","upper"]` {
+	if e != nil || got != `["chatty","fails","find-disk-usage","find-distribution-codename","find-distribution-release","find-distributor-id","find-ip-addresses","hello","slow","upper"]` {
 		t.Fatalf("list-commands: %s %v", got, e)
 	}
 	// Read at every call.
@@ -45,9 +45,9 @@ func TestListCommands(t *testing.T) {
 	if got, _ := a.result(context.Background(), "list-commands", `{}`); !strings.HasPrefix(got, `["added",`) {
 		t.Fatalf("after adding a command: %s", got)
 	}
-	none := newTestAgent(t, "")
-	if got, e := none.result(context.Background(), "list-commands", `{}`); e != nil || got != `[]` {
-		t.Fatalf("without commands_dir: %s %v", got, e)
+	none := newTestAgent(t, `{"commands_dir":""}`)
+	if got, e := none.result(context.Background(), "list-commands", `{}`); e != nil || !strings.HasPrefix(got, `["find-disk-usage",`) {
+		t.Fatalf("without commands_dir, the built-in commands: %s %v", got, e)
 	}
 }
 
@@ -55,15 +55,17 @@ func TestExecute(t *testing.T) {
 	a := newTestAgent(t, jsonArgs(t, map[string]any{"commands_dir": commandsDir(t), "max_output_bytes": 1000}))
 	ctx := context.Background()
 	cases := []struct{ args, result, err string }{
-		{`{"command":["hello","a b","$HOME"]}`, `"hello a b $HOME\n"`, ""},
+		{`{"command":["hello","a b","$HOME"]}`, `"hello a b $HOME"`, ""},
 		{`{"command":["upper"],"input":"shout"}`, `"SHOUT"`, ""},
-		{`{"command":["fails"]}`, `null`, ""},
-		{`{"command":["chatty"]}`, "", "execute: output of command 'chatty' exceeds 1000 bytes (max_output_bytes)"},
-		{`{"command":["nope"]}`, "", "execute: unknown command 'nope' (see list-commands)"},
-		{`{"command":["not-executable"]}`, "", "execute: unknown command 'not-executable' (see list-commands)"},
-		{`{"command":[".hidden"]}`, "", "execute: unknown command '.hidden' (see list-commands)"},
-		{`{"command":["../hello"]}`, "", "execute: unknown command '../hello' (see list-commands)"},
-		{`{"command":["subdir"]}`, "", "execute: unknown command 'subdir' (see list-commands)"},
+		{`{"command":["fails"]}`, "", "execute: command 'fails' failed: exit status 1: oops"},
+		{`{"command":["chatty"]}`, "", "execute: output of command 'chatty' exceeds 1000 bytes"},
+		{`{"command":["nope"]}`, "", "execute: command 'nope' not found (see list_commands)"},
+		{`{"command":["not-executable"]}`, "", "execute: command 'not-executable' not found (see list_commands)"},
+		{`{"command":[".hidden"]}`, "", "execute: invalid command name \".hidden\""},
+		{`{"command":["../../bin/sh","-c","echo escaped"]}`, "", "execute: command 'sh' not found (see list_commands)"},
+		{`{"command":["../hello"]}`, `"hello"`, ""},
+		{`{"command":["subdir"]}`, "", "execute: command 'subdir' not found (see list_commands)"},
+		{`{"command":["find-distributor-id"]}`, "", ""},
 		{`{"command":[]}`, "", "Invalid parameter 'command'"},
 		{`{"command":"hello"}`, "", "Invalid parameter type for 'command', expected: array"},
 		{`{}`, "", "Parameter 'command' is missing"},
@@ -73,7 +75,7 @@ func TestExecute(t *testing.T) {
 		switch {
 		case c.err != "" && (e == nil || e.Desc != c.err):
 			t.Errorf("%s: got %.100s %v, want error %q", c.args, got, e, c.err)
-		case c.err == "" && (e != nil || got != c.result):
+		case c.err == "" && (e != nil || (c.result != "" && got != c.result)):
 			t.Errorf("%s: got %.100s %v, want %s", c.args, got, e, c.result)
 		}
 	}
@@ -87,9 +89,15 @@ func TestExecute(t *testing.T) {
 	}
 	waitFor(t, "no zombie children", 5*time.Second, func() bool { return len(zombieChildren()) == 0 })
 
-	none := newTestAgent(t, "")
-	if _, e := none.result(ctx, "execute", `{"command":["hello"]}`); e == nil || !strings.Contains(e.Desc, "commands_dir is not set") {
+	none := newTestAgent(t, `{"commands_dir":""}`)
+	if _, e := none.result(ctx, "execute", `{"command":["hello"]}`); e == nil || !strings.Contains(e.Desc, "'hello' not found") {
 		t.Fatalf("without commands_dir: %v", e)
+	}
+	// execute_timeout (negotiator's 10 s by default) ends a slow command.
+	short := newTestAgent(t, jsonArgs(t, map[string]any{"commands_dir": commandsDir(t), "execute_timeout": "300ms"}))
+	start = time.Now()
+	if _, e := short.result(ctx, "execute", `{"command":["slow"]}`); e == nil || !strings.Contains(e.Desc, "did not finish in time") || time.Since(start) > 5*time.Second {
+		t.Fatalf("execute_timeout: %v after %s", e, time.Since(start))
 	}
 }
 

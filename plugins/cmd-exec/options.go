@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/guest-agent/guest-agent/shared/negotiator"
 )
 
 // options is the plugin's block of the agent configuration.
@@ -31,8 +33,12 @@ type options struct {
 	// defaultAllowedEnv when AllowedPaths is set, anything otherwise.
 	AllowedEnv *[]string `json:"allowed_env"`
 	// CommandsDir holds negotiator-style user-defined commands: every
-	// executable file in it is listed by list-commands and run by execute.
+	// executable file in it is listed by list-commands and run by execute
+	// (default negotiator's /usr/lib/negotiator/commands).
 	CommandsDir string `json:"commands_dir"`
+	// ExecuteTimeout bounds one execute command (negotiator's 10 s); 0
+	// disables it (the request's command_timeout still applies).
+	ExecuteTimeout duration `json:"execute_timeout"`
 	// KillOnExit kills the children's process groups when the plugin stops
 	// (SIGTERM or the supervisor's shutdown), and gives each child a
 	// parent-death SIGKILL. Off by default: qemu-ga's children outlive it.
@@ -50,6 +56,8 @@ func defaultOptions() options {
 		MaxOutputBytes:  defaultMaxOutputBytes,
 		StatusRetention: duration(defaultStatusRetention),
 		MaxConcurrent:   defaultMaxConcurrent,
+		CommandsDir:     negotiator.DefaultUserCommandsDir,
+		ExecuteTimeout:  duration(negotiator.DefaultTimeout * time.Second),
 	}
 }
 
@@ -104,6 +112,9 @@ func decodeOptions(raw json.RawMessage) (options, error) {
 	} else if len(o.AllowedPaths) > 0 {
 		env := append([]string(nil), defaultAllowedEnv...)
 		o.AllowedEnv = &env
+	}
+	if o.ExecuteTimeout < 0 {
+		return o, fmt.Errorf("cmd-exec options: execute_timeout must not be negative, got %s", time.Duration(o.ExecuteTimeout))
 	}
 	if o.CommandsDir != "" && !filepath.IsAbs(o.CommandsDir) {
 		return o, fmt.Errorf("cmd-exec options: commands_dir %q is not an absolute path", o.CommandsDir)

@@ -106,11 +106,11 @@ func executableIn(dir, name string) (string, error) {
 // names the command.
 func (r *Runner) Execute(ctx context.Context, argv []string, input *string, env []string) (string, error) {
 	if len(argv) == 0 {
-		return "", errors.New("execute: no command given")
+		return "", errors.New("no command given")
 	}
 	name, err := CommandName(argv[0])
 	if err != nil {
-		return "", fmt.Errorf("execute: %w", err)
+		return "", err
 	}
 	if r.Timeout > 0 {
 		var cancel context.CancelFunc

@@ -42,12 +42,14 @@ func serveOnSocket(t *testing.T, svc Service, o ServeOptions) (*peer, <-chan err
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	done := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() {
+		// The listener closes after the accept: closing it first would
+		// reset the connection still in its backlog.
 		c, err := ln.Accept()
+		ln.Close()
 		if err != nil {
 			done <- err
 			return
