@@ -135,8 +135,11 @@
 #    # finds them; env then may set only allowed_env's variables.
 #    # allowed_paths = ["/usr/bin/systemctl"]
 #    # allowed_env = ["PATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM", "HOME", "USER", "LOGNAME"]
-#    # Directory of negotiator-style commands ("": none).
-#    commands_dir = ""
+#    # Directory of negotiator-style commands ("": none; the built-in
+#    # find-* commands remain).
+#    commands_dir = "/usr/lib/negotiator/commands"
+#    # One negotiator execute command (negotiator's timeout); 0: none.
+#    execute_timeout = "10s"
 #    # false (qemu-ga's way): children are left running when the plugin
 #    # stops; under guest-agent.service they are then killed with the rest
 #    # of the unit once the agent has exited (KillMode=mixed). true: they
