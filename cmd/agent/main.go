@@ -117,7 +117,7 @@ its own.`,
 }
 
 // effectiveConfig merges the configuration file and the flags; flags win.
-func effectiveConfig(f *flags) (*config.Config, error) {
+func effectiveConfig(f *flags) (*config.Agent, error) {
 	cfg, err := config.Load(f.configPath, f.configPath != config.DefaultPath)
 	if err != nil {
 		return nil, err
@@ -202,7 +202,7 @@ func pluginDirs(f *flags) []string {
 	return append(dirs, config.DefaultPluginDirs...)
 }
 
-func newLogger(cfg *config.Config) (hclog.Logger, io.Closer, error) {
+func newLogger(cfg *config.Agent) (hclog.Logger, io.Closer, error) {
 	closer := io.NopCloser(nil)
 	if cfg.LogFile != "" {
 		file, err := os.OpenFile(cfg.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
@@ -214,7 +214,7 @@ func newLogger(cfg *config.Config) (hclog.Logger, io.Closer, error) {
 	return stderrLogger(logLevel(cfg)), closer, nil
 }
 
-func logLevel(cfg *config.Config) hclog.Level {
+func logLevel(cfg *config.Agent) hclog.Level {
 	level := hclog.LevelFromString(cfg.LogLevel)
 	if level == hclog.NoLevel {
 		level = hclog.Info

@@ -156,43 +156,36 @@ func (s *system) runProcessChild(ctx context.Context, argv ...string) (int, erro
 
 func (s *system) systemdSuspend(ctx context.Context, mode suspendMode) error {
 	st, err := s.runProcessChild(ctx, "systemctl", systemctlVerbs[mode])
-	switch {
-	case st == 0:
-		return nil
-	case err != nil:
-		return err
-	case st == -1:
-		return sdk.Errorf("the helper program 'systemctl %s' was not found", systemctlVerbs[mode])
-	default:
-		return sdk.Errorf("the helper program 'systemctl %s' returned an unexpected exit status code (%d)", systemctlVerbs[mode], st)
-	}
+	return helperFailure("systemctl "+systemctlVerbs[mode], st, err)
 }
 
 func (s *system) pmUtilsSupports(ctx context.Context, mode suspendMode) (bool, error) {
 	st, err := s.runProcessChild(ctx, "pm-is-supported", pmSupportArgs[mode])
-	switch {
-	case st == 0:
-		return true, nil
-	case err != nil:
-		return false, err
-	case st == -1:
-		return false, nil
-	default:
-		return false, sdk.Errorf("the helper program '%s' returned an unexpected exit status code (%d)", "pm-is-supported", st)
+	if st == -1 && err == nil {
+		return false, nil // pm-utils is not installed: no error, as qemu-ga
 	}
+	err = helperFailure("pm-is-supported", st, err)
+	return err == nil, err
 }
 
 func (s *system) pmUtilsSuspend(ctx context.Context, mode suspendMode) error {
 	st, err := s.runProcessChild(ctx, pmPrograms[mode])
+	return helperFailure(pmPrograms[mode], st, err)
+}
+
+// helperFailure turns what runProcessChild returned for program into
+// qemu-ga's error: nil for exit status 0, the failure to run it, "not
+// found", or the unexpected exit status.
+func helperFailure(program string, status int, err error) error {
 	switch {
-	case st == 0:
+	case status == 0:
 		return nil
 	case err != nil:
 		return err
-	case st == -1:
-		return sdk.Errorf("the helper program '%s' was not found", pmPrograms[mode])
+	case status == -1:
+		return sdk.Errorf("the helper program '%s' was not found", program)
 	default:
-		return sdk.Errorf("the helper program '%s' returned an unexpected exit status code (%d)", pmPrograms[mode], st)
+		return sdk.Errorf("the helper program '%s' returned an unexpected exit status code (%d)", program, status)
 	}
 }
 

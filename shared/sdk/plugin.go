@@ -12,9 +12,9 @@ import (
 	"runtime/pprof"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/pidfd"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
@@ -133,22 +133,13 @@ func watchParent(logger hclog.Logger) {
 	if ppid <= 1 {
 		return
 	}
-	fd, err := unix.PidfdOpen(ppid, 0)
+	exited, err := pidfd.Exited(ppid)
 	if err != nil {
 		logger.Debug("no pidfd for the parent; relying on the parent-death signal", "error", err)
 		return
 	}
 	go func() {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			n, err := unix.Poll(fds, -1)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || n > 0 {
-				break
-			}
-		}
+		<-exited
 		logger.Info("supervisor exited; plugin stopping")
 		os.Exit(0)
 	}()

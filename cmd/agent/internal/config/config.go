@@ -22,8 +22,9 @@ const DefaultPath = "/etc/guest-agent/agent.hcl"
 // guest-agent binary.
 var DefaultPluginDirs = []string{"/usr/lib/guest-agent/plugins", "/etc/guest-agent/plugins.d"}
 
-// Config is the whole configuration.
-type Config struct {
+// Agent is the agent's whole configuration: agent.hcl with the flags applied over it
+// (a plugin's own configuration is sdk.Config, what the agent hands it).
+type Agent struct {
 	// StateDir is kept across reboots (default /var/lib/guest-agent). It
 	// may lie on a filesystem the guest freezes, so nothing the agent needs
 	// while frozen lives there.
@@ -111,24 +112,22 @@ type Plugin struct {
 	Options  cty.Value `hcl:"options,optional"`
 }
 
-// Load reads path; a missing file at the default path yields an empty config.
-func Load(path string, explicit bool) (*Config, error) {
-	cfg := &Config{}
-	if _, err := os.Stat(path); err != nil {
+// Load reads path; a missing file at the default path yields an empty
+// configuration.
+func Load(path string, explicit bool) (*Agent, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
 		if os.IsNotExist(err) && !explicit {
-			return cfg, nil
+			return &Agent{}, nil
 		}
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if err := hclsimple.DecodeFile(path, nil, cfg); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return cfg, nil
+	return Parse(path, src)
 }
 
-// Parse decodes a configuration from bytes (tests, embedded defaults).
-func Parse(filename string, src []byte) (*Config, error) {
-	cfg := &Config{}
+// Parse decodes a configuration from src; filename names it in errors.
+func Parse(filename string, src []byte) (*Agent, error) {
+	cfg := &Agent{}
 	if err := hclsimple.Decode(filename, src, nil, cfg); err != nil {
 		return nil, fmt.Errorf("config %s: %w", filename, err)
 	}
@@ -161,7 +160,7 @@ func WithOption(v cty.Value, key string, val cty.Value) cty.Value {
 }
 
 // PluginByName returns the plugin block for name, creating it if needed.
-func (c *Config) PluginByName(name string) *Plugin {
+func (c *Agent) PluginByName(name string) *Plugin {
 	for i := range c.Plugins {
 		if c.Plugins[i].Name == name {
 			return &c.Plugins[i]
@@ -171,7 +170,7 @@ func (c *Config) PluginByName(name string) *Plugin {
 	return &c.Plugins[len(c.Plugins)-1]
 }
 
-// CommandTimeout returns the configured command timeout, 0 for the default.
+// Timeout returns limits.command_timeout, 0 for the default.
 func (l *Limits) Timeout() (time.Duration, error) {
 	if l == nil || l.CommandTimeout == "" {
 		return 0, nil
@@ -184,14 +183,14 @@ func (l *Limits) Timeout() (time.Duration, error) {
 }
 
 // Dump renders the effective configuration as HCL (-D / config dump).
-func (c *Config) Dump() []byte {
+func (c *Agent) Dump() []byte {
 	f := hclwrite.NewEmptyFile()
 	gohcl.EncodeIntoBody(c, f.Body())
 	return f.Bytes()
 }
 
 // Validate checks what HCL cannot.
-func (c *Config) Validate() error {
+func (c *Agent) Validate() error {
 	seen := map[string]bool{}
 	for _, ch := range c.Channels {
 		if seen[ch.Name] {
@@ -279,7 +278,7 @@ func (l *Limits) FreezeMax() (time.Duration, error) {
 }
 
 // BackoffMax returns the restart backoff cap.
-func (c *Config) BackoffMax() (time.Duration, error) {
+func (c *Agent) BackoffMax() (time.Duration, error) {
 	if c.RestartBackoffMax == "" {
 		return 5 * time.Second, nil
 	}

@@ -129,7 +129,7 @@ func FuzzConfig(f *testing.F) {
 	})
 }
 
-func optionValues(c *Config) []cty.Value {
+func optionValues(c *Agent) []cty.Value {
 	var out []cty.Value
 	for _, ch := range c.Channels {
 		out = append(out, ch.Options)
@@ -141,7 +141,7 @@ func optionValues(c *Config) []cty.Value {
 }
 
 // sameConfig compares two configurations field by field, options by value.
-func sameConfig(a, b *Config) error {
+func sameConfig(a, b *Agent) error {
 	sa, sb := *a, *b
 	sa.Channels, sb.Channels, sa.Plugins, sb.Plugins = nil, nil, nil, nil
 	if fmt.Sprintf("%#v", stripped(sa)) != fmt.Sprintf("%#v", stripped(sb)) {
@@ -170,7 +170,7 @@ func sameConfig(a, b *Config) error {
 }
 
 // stripped makes pointers comparable by what they point to.
-func stripped(c Config) any {
+func stripped(c Agent) any {
 	lazy := "unset"
 	if c.LazyStart != nil {
 		lazy = fmt.Sprint(*c.LazyStart)

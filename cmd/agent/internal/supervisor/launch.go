@@ -9,11 +9,11 @@ import (
 	"time"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/pidfd"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
@@ -120,31 +120,16 @@ func startPlugin(spec launchSpec) (*running, error) {
 	return r, nil
 }
 
-// watchExit closes r.exited when the process ends, through a pidfd: no
-// polling, no wake-up while the plugin lives.
+// watchExit closes r.exited when the process ends: at once through a pidfd,
+// else (a kernel without pidfd) when go-plugin has reaped it, which waits
+// for the plugin's output pipes too. Neither polls.
 func watchExit(r *running) {
-	fd, err := unix.PidfdOpen(r.pid, 0)
+	exited, err := pidfd.Exited(r.pid)
 	if err != nil {
-		go func() {
-			for !r.client.Exited() {
-				time.Sleep(200 * time.Millisecond) // fallback for kernels without pidfd
-			}
-			close(r.exited)
-		}()
-		return
+		exited = r.proc.reaped
 	}
 	go func() {
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			n, err := unix.Poll(fds, -1)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || n > 0 {
-				break
-			}
-		}
+		<-exited
 		close(r.exited)
 	}()
 }

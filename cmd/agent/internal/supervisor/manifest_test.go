@@ -238,7 +238,7 @@ func TestLoadBelievesMatchingManifestsWithoutLaunching(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := t.TempDir()
-	s := New(Options{Config: &config.Config{StateDir: state}, PluginDirs: []string{dir}, Version: "test", Logger: hclog.NewNullLogger()})
+	s := New(Options{Config: &config.Agent{StateDir: state}, PluginDirs: []string{dir}, Version: "test", Logger: hclog.NewNullLogger()})
 	defer s.Shutdown()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -29,6 +29,9 @@ type processRunner struct {
 	stderr io.ReadCloser
 	pid    int
 
+	// reaped is closed once go-plugin has waited for the process.
+	reaped chan struct{}
+
 	mu      sync.Mutex
 	waited  bool
 	waitErr error
@@ -59,7 +62,7 @@ func newProcessRunner(spec launchSpec, prepared *exec.Cmd, extraEnv []string) (*
 	if err != nil {
 		return nil, err
 	}
-	return &processRunner{cmd: cmd, name: spec.name, stdout: stdout, stderr: stderr}, nil
+	return &processRunner{cmd: cmd, name: spec.name, stdout: stdout, stderr: stderr, reaped: make(chan struct{})}, nil
 }
 
 // verifyChecksum refuses a binary whose SHA-256 is not the pinned one.
@@ -98,6 +101,7 @@ func (r *processRunner) Wait(context.Context) error {
 	r.mu.Lock()
 	r.waited, r.waitErr = true, err
 	r.mu.Unlock()
+	close(r.reaped)
 	return err
 }
 

@@ -26,7 +26,7 @@ import (
 
 // Options configure a Supervisor.
 type Options struct {
-	Config     *config.Config
+	Config     *config.Agent
 	PluginDirs []string // searched in order
 	Version    string
 	Logger     hclog.Logger
