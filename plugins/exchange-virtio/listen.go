@@ -116,8 +116,8 @@ func (e *Exchange) openUnix(ctx context.Context, ch sdk.Channel, out *session.Ou
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return "", fmt.Errorf("unix-listen: create the socket's directory: %w", err)
+	if err := prepareSocketDir(filepath.Dir(path), mode, ch.Logger); err != nil {
+		return "", err
 	}
 	if err := removeStaleSocket(path, ch.Logger); err != nil {
 		return "", err
@@ -190,6 +190,47 @@ func (e *Exchange) openUnix(ctx context.Context, ch sdk.Channel, out *session.Ou
 		"max_connections", l.limit)
 	go l.serve(ctx)
 	return path, nil
+}
+
+// socketDirMode is the mode of the directories created for a socket: others
+// may pass through to the socket (whose own mode says who may connect) but
+// not list or change what lies beside it (the runtime directory holds the
+// plugin sockets' directory).
+const socketDirMode = 0o711
+
+// prepareSocketDir makes sure the socket's directory exists and that those
+// the socket's mode lets in can reach it. A missing directory is created
+// socketDirMode. An existing one keeps its mode, except that a socket open
+// to its group or to others gets search permission (x) added for group and
+// others: the agent's runtime directory (/run/guest-agent, 0700) then holds
+// commands.sock beside the plugin sockets' directories, each 0700.
+func prepareSocketDir(dir string, mode uint32, log hclog.Logger) error {
+	if err := os.MkdirAll(dir, socketDirMode); err != nil {
+		return fmt.Errorf("unix-listen: create the socket's directory: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("unix-listen: socket directory: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("unix-listen: %s is not a directory", dir)
+	}
+	perm := st.Mode & 0o7777
+	if perm&0o022 != 0 && perm&unix.S_ISVTX == 0 {
+		// Anyone who may write there may replace the socket with their own.
+		log.Warn("the socket's directory is writable by others than its owner: they may replace the socket", "dir", dir, "mode", fmt.Sprintf("%#o", perm))
+	}
+	if mode&0o077 == 0 || perm&0o011 == 0o011 {
+		return nil
+	}
+	if st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("unix-listen: socket_mode %#o lets others than the owner connect, but they cannot reach %s (mode %#o, owner uid %d): give its group and others search permission (x)", mode, dir, perm, st.Uid)
+	}
+	if err := unix.Chmod(dir, perm|0o011); err != nil {
+		return fmt.Errorf("unix-listen: give %s search permission for the socket's callers: %w", dir, err)
+	}
+	log.Info("socket directory made searchable for the socket's callers", "dir", dir, "mode", fmt.Sprintf("%#o", perm|0o011))
+	return nil
 }
 
 // removeStaleSocket clears the way for bind: a socket nobody listens on is

@@ -147,6 +147,62 @@ func TestUnixListenDefaultMode(t *testing.T) {
 	}
 }
 
+// TestUnixListenSocketDir: the socket's directory is created searchable
+// but not listable, and an existing one (the agent's 0700 runtime
+// directory) becomes searchable when the socket is open to others than its
+// owner, as the command monitor's 0770 socket is.
+func TestUnixListenSocketDir(t *testing.T) {
+	p := newParserSide(t)
+	old := syscall.Umask(0o077) // the created mode must not depend on the umask
+	defer syscall.Umask(old)
+	mode := func(path string) uint32 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode & 0o7777
+	}
+	base := t.TempDir()
+
+	created := filepath.Join(base, "new", "deeper")
+	open(t, &Exchange{}, p, channel(t, methodUnix, filepath.Join(created, "commands.sock"), map[string]any{"socket_mode": "0770"}))
+	if m := mode(created); m != 0o711 {
+		t.Errorf("created directory mode %#o, want 0711", m)
+	}
+
+	private := filepath.Join(base, "private")
+	if err := os.Mkdir(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	open(t, &Exchange{}, p, channel(t, methodUnix, filepath.Join(private, "owner-only.sock"), map[string]any{"socket_mode": "0600"}))
+	if m := mode(private); m != 0o700 {
+		t.Errorf("a socket for its owner only changed its directory to %#o", m)
+	}
+	open(t, &Exchange{}, p, channel(t, methodUnix, filepath.Join(private, "commands.sock"), map[string]any{"socket_mode": "0770"}))
+	if m := mode(private); m != 0o711 {
+		t.Errorf("directory of a 0770 socket: mode %#o, want 0711", m)
+	}
+
+	// Someone else's directory is not changed: a clear error instead.
+	if os.Geteuid() == 0 {
+		foreign := filepath.Join(base, "foreign")
+		if err := os.Mkdir(foreign, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(foreign, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		_, err := (&Exchange{}).Open(context.Background(), channel(t, methodUnix, filepath.Join(foreign, "c.sock"), map[string]any{"socket_mode": "0770"}), p.out)
+		if err == nil || !strings.Contains(err.Error(), "search permission") {
+			t.Errorf("open in another user's 0700 directory: %v", err)
+		}
+		if m := mode(foreign); m != 0o700 {
+			t.Errorf("another user's directory changed to %#o", m)
+		}
+	}
+}
+
 func TestUnixListenStaleAndLive(t *testing.T) {
 	p := newParserSide(t)
 	dir := t.TempDir()
