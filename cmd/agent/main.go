@@ -158,6 +158,7 @@ func effectiveConfig(f *flags) (*config.Agent, error) {
 		}
 		cfg.Channels = append(kept, ch)
 	}
+	cfg.ExpandCommandMonitor() // beside the channels above
 	for i := range cfg.Channels {
 		cfg.Channels[i].BlockRPCs = append(cfg.Channels[i].BlockRPCs, f.blockRPCs...)
 		cfg.Channels[i].AllowRPCs = append(cfg.Channels[i].AllowRPCs, f.allowRPCs...)

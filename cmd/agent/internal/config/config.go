@@ -52,9 +52,12 @@ type Agent struct {
 	// restart at once.
 	RestartBackoffMax string `hcl:"restart_backoff_max,optional"`
 
-	Limits   *Limits   `hcl:"limits,block"`
-	Channels []Channel `hcl:"channel,block"`
-	Plugins  []Plugin  `hcl:"plugin,block"`
+	Limits *Limits `hcl:"limits,block"`
+	// CommandMonitor is the local socket of the Google guest agent's
+	// command monitor, for programs inside the guest (off by default).
+	CommandMonitor *CommandMonitor `hcl:"command_monitor,block"`
+	Channels       []Channel       `hcl:"channel,block"`
+	Plugins        []Plugin        `hcl:"plugin,block"`
 }
 
 // Limits bound what a host can make the guest allocate.
@@ -100,8 +103,16 @@ type Channel struct {
 	// ThawOnDisconnect thaws the guest when the host that froze it through
 	// this channel disconnects while it is frozen (off by default, as
 	// qemu-ga: libvirt's snapshot flow keeps its connection open).
-	ThawOnDisconnect bool      `hcl:"thaw_on_disconnect,optional"`
-	Options          cty.Value `hcl:"options,optional"`
+	ThawOnDisconnect bool `hcl:"thaw_on_disconnect,optional"`
+	// Allow is the channel's policy per caller: command ("*": every
+	// command) to the callers who may call it ("*", a user or uid,
+	// "@group" or "@gid"; see shared/policy). Unset: no policy, except on
+	// a monitor channel, which then has policy.DefaultRules.
+	Allow map[string][]string `hcl:"allow,optional"`
+	// RequestTimeout (monitor dialect): a connection must have sent its
+	// whole request within this time, e.g. "10s" (the default).
+	RequestTimeout string    `hcl:"request_timeout,optional"`
+	Options        cty.Value `hcl:"options,optional"`
 }
 
 // Plugin holds per-plugin settings.
@@ -200,6 +211,12 @@ func (c *Agent) Validate() error {
 		if ch.Dialect == "" {
 			return fmt.Errorf("channel %q: dialect is required", ch.Name)
 		}
+		if err := ch.validatePolicy(); err != nil {
+			return err
+		}
+	}
+	if err := c.validateMonitor(); err != nil {
+		return err
 	}
 	if _, err := c.Limits.Timeout(); err != nil {
 		return err

@@ -97,6 +97,9 @@ func FuzzConfig(f *testing.F) {
 		"state_dir = <<EOT\nline\nEOT\n",
 		"\xff = 1",
 		"a = 1",
+		"command_monitor { enabled = true }",
+		"command_monitor {\n enabled = true\n socket_mode = \"0750\"\n socket_group = \"adm\"\n request_timeout = \"2s\"\n allow = { \"*\" = [\"root\"], \"guest-get-osinfo\" = [\"*\", \"@0\"] }\n}",
+		"channel \"m\" {\n method = \"unix-listen\"\n dialect = \"monitor\"\n allow = { \"guest-ping\" = [\"nosuchuser\"] }\n request_timeout = \"-1s\"\n}",
 	} {
 		f.Add([]byte(s))
 	}
@@ -179,8 +182,12 @@ func stripped(c Agent) any {
 	if c.Limits != nil {
 		limits = *c.Limits
 	}
-	c.LazyStart, c.Limits = nil, nil
-	return []any{c, lazy, limits}
+	var monitor any = "unset"
+	if c.CommandMonitor != nil {
+		monitor = *c.CommandMonitor
+	}
+	c.LazyStart, c.Limits, c.CommandMonitor = nil, nil, nil
+	return []any{c, lazy, limits, monitor}
 }
 
 // sameValue tells two option values apart by what a plugin receives.
