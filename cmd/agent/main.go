@@ -97,6 +97,7 @@ its own.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return listPlugins(cmd.Context(), cmd.OutOrStdout(), f) },
 	})
 	root.AddCommand(newManifestCmd())
+	root.AddCommand(newCallCmd(f))
 	cfgCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
 	cfgCmd.AddCommand(&cobra.Command{
 		Use: "dump", Short: "Print the effective configuration (file and flags merged)",
