@@ -2,11 +2,22 @@ module github.com/guest-agent/guest-agent/cmd/guestctl
 
 go 1.26.0
 
-require github.com/spf13/cobra v1.10.2
+require (
+	github.com/guest-agent/guest-agent/shared v0.0.0
+	github.com/hashicorp/go-hclog v1.6.3
+	github.com/spf13/cobra v1.10.2
+)
 
 require (
-	github.com/guest-agent/guest-agent/cmd/docgen v0.0.0
+	github.com/fatih/color v1.13.0 // indirect
+	github.com/mattn/go-colorable v0.1.12 // indirect
+	github.com/mattn/go-isatty v0.0.17 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+)
+
+require (
 	github.com/cpuguy83/go-md2man/v2 v2.0.6 // indirect
+	github.com/guest-agent/guest-agent/cmd/docgen v0.0.0
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
@@ -14,4 +25,5 @@ require (
 )
 
 replace github.com/guest-agent/guest-agent/shared => ../../shared
+
 replace github.com/guest-agent/guest-agent/cmd/docgen => ../docgen

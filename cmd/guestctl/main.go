@@ -157,6 +157,7 @@ It works with guest-agent and with qemu-ga.`,
 			return nil
 		},
 	})
+	root.AddCommand(newNegotiatorCmd(o), newDaemonCmd(o))
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
@@ -168,7 +169,7 @@ It works with guest-agent and with qemu-ga.`,
 func talksToAgent(cmd *cobra.Command) bool {
 	for c := cmd; c.HasParent(); c = c.Parent() {
 		switch c.Name() {
-		case "help", "completion", "docs":
+		case "help", "completion", "docs", "negotiator", "daemon": // negotiator's channels: their own lookup
 			return false
 		}
 	}
