@@ -52,7 +52,7 @@ type CommandMonitor struct {
 // channel it stands for, beside the others (the host's qga channel keeps
 // running), and drops the block: the configuration in effect (config dump)
 // then shows the channel with every default written out.
-func (c *Config) ExpandCommandMonitor() {
+func (c *Agent) ExpandCommandMonitor() {
 	m := c.CommandMonitor
 	if m == nil {
 		return
@@ -112,7 +112,7 @@ func (ch *Channel) RequestDeadline() (time.Duration, error) {
 }
 
 // validateMonitor checks what the command_monitor block will become.
-func (c *Config) validateMonitor() error {
+func (c *Agent) validateMonitor() error {
 	m := c.CommandMonitor
 	if m == nil || !m.Enabled {
 		return nil
