@@ -135,6 +135,8 @@
 #    # finds them; env then may set only allowed_env's variables.
 #    # allowed_paths = ["/usr/bin/systemctl"]
 #    # allowed_env = ["PATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM", "HOME", "USER", "LOGNAME"]
+#    # Users a guest-exec may run as (its "user" argument); unset: any.
+#    # allowed_users = ["root", "www-data"]
 #    # Directory of negotiator-style commands ("": none; the built-in
 #    # find-* commands remain).
 #    commands_dir = "/usr/lib/negotiator/commands"

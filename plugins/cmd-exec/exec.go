@@ -26,7 +26,10 @@ func execCommands(ex *execer) []sdk.Command {
 			ArgsSchema: `{"type":"object","required":["path"],"additionalProperties":false,"properties":{` +
 				`"path":{"type":"string"},"arg":{"type":"array","items":{"type":"string"}},` +
 				`"env":{"type":"array","items":{"type":"string"}},"input-data":{"type":"string","contentEncoding":"base64"},` +
-				`"capture-output":{"oneOf":[{"type":"boolean"},{"enum":["none","stdout","stderr","separated","merged"]}]}}}`,
+				`"capture-output":{"oneOf":[{"type":"boolean"},{"enum":["none","stdout","stderr","separated","merged"]}]},` +
+				// Beyond qemu-ga (extras.go).
+				`"timeout":{"type":"number","exclusiveMinimum":0},"cwd":{"type":"string"},` +
+				`"user":{"type":"string"},"group":{"type":"string"},"input-pipe":{"type":"boolean"}}}`,
 			Handler: ex.handleExec,
 		},
 		{
@@ -88,6 +91,12 @@ type execArgs struct {
 	Env           json.RawMessage `json:"env"`
 	InputData     *string         `json:"input-data"`
 	CaptureOutput *captureOutput  `json:"capture-output"`
+	// Beyond qemu-ga (extras.go); flat, as the SDK's decoder reads fields.
+	Timeout   *float64 `json:"timeout"`
+	Cwd       *string  `json:"cwd"`
+	User      *string  `json:"user"`
+	Group     *string  `json:"group"`
+	InputPipe *bool    `json:"input-pipe"`
 }
 
 // execRequest is a validated guest-exec.
@@ -99,6 +108,7 @@ type execRequest struct {
 	input    []byte
 	hasInput bool
 	mode     captureMode
+	extras   // time limit, working directory, user, stdin pipe
 }
 
 // record is one process started by guest-exec, until its exited status has
@@ -115,6 +125,14 @@ type record struct {
 	expire   *time.Timer
 
 	closeStdin func()
+	// stdin is the open input pipe of an input-pipe exec, for
+	// guest-exec-write; nil otherwise. stdinMu orders the writes.
+	stdinMu sync.Mutex
+	stdin   *os.File
+	// limit kills the process group when the time limit passes; timedOut
+	// (under execer.mu) says it did.
+	limit    *time.Timer
+	timedOut bool
 }
 
 // execer owns every child of the plugin.
@@ -177,6 +195,10 @@ func (e *execer) handleExec(_ context.Context, call *sdk.Call) (any, error) {
 	}
 	if a.CaptureOutput != nil {
 		req.mode = a.CaptureOutput.mode
+	}
+	x := extraArgs{Timeout: a.Timeout, Cwd: a.Cwd, User: a.User, Group: a.Group, InputPipe: a.InputPipe}
+	if req.extras, err = x.validate(); err != nil {
+		return nil, err
 	}
 	if a.InputData != nil {
 		if req.input, err = qemuBase64Decode(*a.InputData); err != nil {
@@ -302,6 +324,9 @@ func (e *execer) start(req *execRequest) (int64, error) {
 	} else if rerr != nil {
 		return 0, spawnError(req.path, rerr)
 	}
+	if err := e.checkUser(req); err != nil {
+		return 0, err
+	}
 	if env != nil && req.env != nil {
 		if why := env.check(req.env); why != "" {
 			e.log.Warn("guest-exec refused by allowed_env", "path", req.path, "why", why)
@@ -384,7 +409,7 @@ func (e *execer) spawn(req *execRequest, opts options) (*record, error) {
 		}
 		return r, w, nil
 	}
-	if req.hasInput {
+	if req.hasInput || req.inputPipe {
 		r, w, err := newPipe()
 		if err != nil {
 			return fail(err)
@@ -415,13 +440,17 @@ func (e *execer) spawn(req *execRequest, opts options) (*record, error) {
 	// Own process group: a signal meant for the plugin (or its group) does
 	// not reach the guest's command, and the whole command can be signalled
 	// as one.
-	sys := &syscall.SysProcAttr{Setpgid: true}
+	sys := &syscall.SysProcAttr{Setpgid: true, Credential: req.cred}
 	if opts.KillOnExit {
 		sys.Pdeathsig = syscall.SIGKILL
 	}
+	dir := "/"
+	if req.cwd != "" {
+		dir = req.cwd
+	}
 	proc, err := os.StartProcess(req.resolved, req.argv, &os.ProcAttr{
-		Dir:   "/",
-		Env:   req.env,
+		Dir:   dir,
+		Env:   req.childEnv(),
 		Files: files,
 		Sys:   sys,
 	})
@@ -435,17 +464,29 @@ func (e *execer) spawn(req *execRequest, opts options) (*record, error) {
 	rec := &record{pid: int64(proc.Pid), done: make(chan struct{})}
 	var drained sync.WaitGroup
 	if ours.out != nil {
-		rec.out = &capture{limit: opts.MaxOutputBytes}
+		rec.out = newCapture(opts.MaxOutputBytes)
 		drained.Add(1)
 		go func() { defer drained.Done(); rec.out.drain(ours.out) }()
 	}
 	if ours.err != nil {
-		rec.err = &capture{limit: opts.MaxOutputBytes}
+		rec.err = newCapture(opts.MaxOutputBytes)
 		drained.Add(1)
 		go func() { defer drained.Done(); rec.err.drain(ours.err) }()
 	}
 	rec.closeStdin = func() {}
-	if ours.stdin != nil {
+	if ours.stdin != nil && req.inputPipe {
+		// Kept open for guest-exec-write; input-data, if any, goes first.
+		var once sync.Once
+		rec.stdin = ours.stdin
+		rec.closeStdin = func() { once.Do(func() { rec.stdinMu.Lock(); ours.stdin.Close(); rec.stdinMu.Unlock() }) }
+		if len(req.input) > 0 {
+			rec.stdinMu.Lock()
+			go func() {
+				defer rec.stdinMu.Unlock()
+				_, _ = ours.stdin.Write(req.input)
+			}()
+		}
+	} else if ours.stdin != nil {
 		var once sync.Once
 		rec.closeStdin = func() { once.Do(func() { ours.stdin.Close() }) }
 		go func() {
@@ -465,6 +506,9 @@ func (e *execer) spawn(req *execRequest, opts options) (*record, error) {
 		e.log.Debug("dropping the unclaimed status of a reused pid", "pid", rec.pid)
 	}
 	e.procs[rec.pid] = rec
+	if req.timeout > 0 {
+		rec.limit = time.AfterFunc(req.timeout, func() { e.timeUp(rec) })
+	}
 	e.mu.Unlock()
 	e.log.Info("guest-exec started", "pid", rec.pid, "path", req.path, "args", len(req.argv)-1)
 
@@ -487,6 +531,9 @@ func (e *execer) finish(rec *record, st *os.ProcessState, werr error) {
 		rec.status, _ = st.Sys().(syscall.WaitStatus)
 	}
 	e.running--
+	if rec.limit != nil {
+		rec.limit.Stop()
+	}
 	if e.procs[rec.pid] == rec {
 		rec.expire = time.AfterFunc(time.Duration(e.opts.StatusRetention), func() { e.forget(rec) })
 	}
@@ -519,6 +566,8 @@ type execStatus struct {
 	ErrData      *string `json:"err-data,omitempty"`
 	OutTruncated *bool   `json:"out-truncated,omitempty"`
 	ErrTruncated *bool   `json:"err-truncated,omitempty"`
+	// Beyond qemu-ga: the time limit of guest-exec killed it.
+	TimedOut *bool `json:"timed-out,omitempty"`
 }
 
 func (e *execer) handleStatus(_ context.Context, call *sdk.Call) (any, error) {
@@ -551,6 +600,36 @@ func (e *execer) status(pid int64) (*execStatus, error) {
 	e.mu.Unlock()
 
 	st := &execStatus{Exited: true}
+	rec.exitStatus(st)
+	// As current QEMU: data and its truncation flag appear together, and
+	// only when something was captured (and, beyond qemu-ga, not yet taken
+	// by guest-exec-read).
+	if rec.out != nil {
+		if buf, trunc := rec.out.held(); len(buf) > 0 {
+			d := base64.StdEncoding.EncodeToString(buf)
+			st.OutData, st.OutTruncated = &d, &trunc
+		}
+	}
+	if rec.err != nil {
+		if buf, trunc := rec.err.held(); len(buf) > 0 {
+			d := base64.StdEncoding.EncodeToString(buf)
+			st.ErrData, st.ErrTruncated = &d, &trunc
+		}
+	}
+	return st, nil
+}
+
+// stopFlowControl lets the output of a command being killed drain.
+func (rec *record) stopFlowControl() {
+	for _, c := range []*capture{rec.out, rec.err} {
+		if c != nil {
+			c.stopFlowControl()
+		}
+	}
+}
+
+// exitStatus fills in how a finished process ended.
+func (rec *record) exitStatus(st *execStatus) {
 	if rec.waitErr == nil {
 		switch {
 		case rec.status.Exited():
@@ -561,17 +640,10 @@ func (e *execer) status(pid int64) (*execStatus, error) {
 			st.Signal = &s
 		}
 	}
-	// As current QEMU: data and its truncation flag appear together, and
-	// only when something was captured.
-	if rec.out != nil && len(rec.out.buf) > 0 {
-		d := base64.StdEncoding.EncodeToString(rec.out.buf)
-		st.OutData, st.OutTruncated = &d, &rec.out.truncated
+	if rec.timedOut {
+		t := true
+		st.TimedOut = &t
 	}
-	if rec.err != nil && len(rec.err.buf) > 0 {
-		d := base64.StdEncoding.EncodeToString(rec.err.buf)
-		st.ErrData, st.ErrTruncated = &d, &rec.err.truncated
-	}
-	return st, nil
 }
 
 // killGrace is how long children get between SIGTERM and SIGKILL when the

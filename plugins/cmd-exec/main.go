@@ -64,6 +64,6 @@ func newPlugin() (*sdk.CommandPlugin, *execer) {
 		}
 		return nil
 	}
-	p.Commands = append(execCommands(ex), negotiatorCommands(ex)...)
+	p.Commands = append(append(execCommands(ex), streamCommands(ex)...), negotiatorCommands(ex)...)
 	return p, ex
 }

@@ -110,7 +110,7 @@ func TestCommandsDeclared(t *testing.T) {
 			t.Errorf("%s: %+v", c.Name, c)
 		}
 	}
-	if want := []string{"guest-exec", "guest-exec-status", "list-commands", "execute"}; !reflect.DeepEqual(names, want) {
+	if want := []string{"guest-exec", "guest-exec-status", "guest-exec-terminate", "guest-exec-read", "guest-exec-write", "list-commands", "execute"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("commands %v, want %v", names, want)
 	}
 }

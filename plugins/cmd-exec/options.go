@@ -43,6 +43,11 @@ type options struct {
 	// (SIGTERM or the supervisor's shutdown), and gives each child a
 	// parent-death SIGKILL. Off by default: qemu-ga's children outlive it.
 	KillOnExit bool `json:"kill_on_exit"`
+	// AllowedUsers, when set, lists the users a guest-exec may run as with
+	// its user and group arguments ("*": any). Unset: any user (running as
+	// another user only drops the agent's privileges; allowed_paths and
+	// allowed_env apply all the same).
+	AllowedUsers *[]string `json:"allowed_users"`
 }
 
 const (
