@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -220,7 +221,7 @@ func FuzzServeConn(f *testing.F) {
 		}
 		served := make(chan struct{})
 		go func() {
-			serveConn(context.Background(), plugin, h, hclog.NewNullLogger())
+			serveConn(context.Background(), plugin, h, hclog.NewNullLogger(), new(atomic.Uint64))
 			close(served)
 		}()
 		// The parser's side reads every answer until the plugin closes.

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/hashicorp/go-hclog"
@@ -32,6 +34,36 @@ type Reply struct {
 // ctx ends or ln fails. Requests on one connection run concurrently, so a slow
 // command never holds up the next one.
 func Serve(ctx context.Context, ln net.Listener, h Handler, logger hclog.Logger) error {
+	return (&Server{Handler: h, Logger: logger}).Serve(ctx, ln)
+}
+
+// Server is a command plugin's side of the data plane: it accepts parser
+// connections and keeps count of them, so that the plugin can tell when no
+// parser needs it any more (Retire).
+type Server struct {
+	Handler Handler
+	Logger  hclog.Logger
+
+	// served counts request frames read: Retire's proof that nothing ran
+	// while it asked the plugin whether it is busy.
+	served atomic.Uint64
+
+	mu      sync.Mutex
+	ln      net.Listener
+	conns   int
+	changed chan struct{} // closed and replaced when conns changes
+	retired bool
+}
+
+// Serve accepts parser connections on ln until ctx ends, ln fails or the
+// server retires.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	s.ln = ln
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	s.mu.Unlock()
 	go func() {
 		<-ctx.Done()
 		ln.Close()
@@ -44,14 +76,71 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, logger hclog.Logger)
 				return nil
 			}
 			if backoff.Retry(err, ctx.Done()) {
-				logger.Warn("data plane accept failed; retrying", "error", err, "retry_in", backoff.Delay())
+				s.Logger.Warn("data plane accept failed; retrying", "error", err, "retry_in", backoff.Delay())
 				continue
 			}
 			return fmt.Errorf("dataplane: accept: %w", err)
 		}
 		backoff.Reset()
 		GrowSendBuffer(conn)
-		go serveConn(ctx, conn, h, logger)
+		s.count(+1)
+		go func() {
+			defer s.count(-1)
+			serveConn(ctx, conn, s.Handler, s.Logger, &s.served)
+		}()
+	}
+}
+
+func (s *Server) count(delta int) {
+	s.mu.Lock()
+	s.conns += delta
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// Retire closes the listener for good once no parser connection is open
+// and idle reports the plugin idle (an empty reason), so that no request
+// can reach the plugin after it agreed to leave. It waits up to wait for
+// connections a parser has just closed to be seen closed. A parser that
+// dials afterwards is refused and asks the supervisor, which starts a new
+// process. It returns why the plugin stays, or "" when it retired.
+func (s *Server) Retire(wait time.Duration, idle func() string) string {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		if s.ln == nil || s.retired {
+			s.mu.Unlock()
+			return "no data plane"
+		}
+		if s.conns == 0 {
+			served := s.served.Load()
+			s.mu.Unlock()
+			// Outside the lock: the plugin's own busy check may take
+			// its own locks. A request in between shows in served.
+			if why := idle(); why != "" {
+				return why
+			}
+			s.mu.Lock()
+			if s.conns == 0 && s.served.Load() == served {
+				s.retired = true
+				s.ln.Close()
+				s.mu.Unlock()
+				return ""
+			}
+			s.mu.Unlock()
+			continue
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return "a parser is connected"
+		}
 	}
 }
 
@@ -108,7 +197,7 @@ func (sc *serverConn) loseAll() {
 	}
 }
 
-func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logger) {
+func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logger, served *atomic.Uint64) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer conn.Close()
@@ -138,6 +227,7 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 			continue
 		}
 		req.Blob = blob
+		served.Add(1)
 		runCtx := ctx
 		if req.ReadAhead != 0 {
 			t := &Ticket{conn: sc, token: req.ReadAhead, after: req.ReadAheadAfter, done: make(chan struct{})}

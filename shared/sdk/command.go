@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
@@ -133,7 +134,12 @@ type CommandPlugin struct {
 	// outlive the agent, as qemu-ga's cleanup does (cmd-system thaws a
 	// frozen guest). The agent kills the plugin about two seconds into it.
 	Shutdown func()
-	Logger   hclog.Logger
+	// Busy, if set, says why the plugin must not be stopped while idle:
+	// it holds something a later command needs (a running child and its
+	// unread status, an open handle, a freeze, a key). An empty string:
+	// idle. Without it a plugin is idle when no parser is connected.
+	Busy   func() string
+	Logger hclog.Logger
 
 	once   sync.Once
 	index  map[string]*Command
@@ -330,6 +336,10 @@ type commandServer struct {
 	p          *CommandPlugin
 	mu         sync.Mutex
 	configured bool
+	dataplane  *dataplane.Server
+	// unary counts Run calls in progress (tools and tests call Run; the
+	// parsers use the data plane).
+	unary atomic.Int32
 }
 
 func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandRequest) (*pb.ConfigureCommandResponse, error) {
@@ -364,8 +374,9 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 			ln.Close()
 			return nil, fmt.Errorf("%s: data plane: %w", s.p.Name, err)
 		}
+		s.dataplane = &dataplane.Server{Handler: s.p.serveDataplane, Logger: s.p.Logger}
 		go func() {
-			if err := dataplane.Serve(context.Background(), ln, s.p.serveDataplane, s.p.Logger); err != nil {
+			if err := s.dataplane.Serve(context.Background(), ln); err != nil {
 				s.p.Logger.Error("data plane stopped", "error", err)
 			}
 		}()
@@ -376,5 +387,32 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 }
 
 func (s *commandServer) Run(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, error) {
+	s.unary.Add(1)
+	defer s.unary.Add(-1)
 	return s.p.Run(ctx, req), nil
+}
+
+// Retire answers the supervisor's question whether the plugin may be
+// stopped for idleness; once it says yes it takes no more requests.
+func (s *commandServer) Retire(_ context.Context, req *pb.RetireRequest) (*pb.RetireResponse, error) {
+	s.mu.Lock()
+	dp := s.dataplane
+	s.mu.Unlock()
+	if dp == nil {
+		return &pb.RetireResponse{Busy: "not configured"}, nil
+	}
+	why := dp.Retire(time.Duration(req.DrainWaitMs)*time.Millisecond, func() string {
+		if s.unary.Load() > 0 {
+			return "a command is running"
+		}
+		if s.p.Busy != nil {
+			return s.p.Busy()
+		}
+		return ""
+	})
+	if why != "" {
+		return &pb.RetireResponse{Busy: why}, nil
+	}
+	s.p.Logger.Debug("retiring while idle: no more data plane connections")
+	return &pb.RetireResponse{Retired: true}, nil
 }

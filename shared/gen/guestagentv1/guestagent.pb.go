@@ -1093,6 +1093,111 @@ func (x *RunResponse) GetReadAheadResults() []*ReadAheadResult {
 	return nil
 }
 
+// Added in 1.3. The supervisor asks an idle command plugin to leave (idle
+// exit): a plugin that holds state a later command needs (a running child,
+// an open handle, a freeze, a key) is busy and stays. A plugin that agrees
+// first stops taking data plane connections, so no request can reach it
+// after its answer; the supervisor then stops it, and the next command
+// starts it again.
+type RetireRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long to wait for data plane connections its parsers just closed to
+	// be seen closed before answering.
+	DrainWaitMs   int64 `protobuf:"varint,1,opt,name=drain_wait_ms,json=drainWaitMs,proto3" json:"drain_wait_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireRequest) Reset() {
+	*x = RetireRequest{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireRequest) ProtoMessage() {}
+
+func (x *RetireRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireRequest.ProtoReflect.Descriptor instead.
+func (*RetireRequest) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RetireRequest) GetDrainWaitMs() int64 {
+	if x != nil {
+		return x.DrainWaitMs
+	}
+	return 0
+}
+
+type RetireResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Retired bool                   `protobuf:"varint,1,opt,name=retired,proto3" json:"retired,omitempty"`
+	// Why it stays (retired false): for the log.
+	Busy          string `protobuf:"bytes,2,opt,name=busy,proto3" json:"busy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireResponse) Reset() {
+	*x = RetireResponse{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireResponse) ProtoMessage() {}
+
+func (x *RetireResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireResponse.ProtoReflect.Descriptor instead.
+func (*RetireResponse) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RetireResponse) GetRetired() bool {
+	if x != nil {
+		return x.Retired
+	}
+	return false
+}
+
+func (x *RetireResponse) GetBusy() string {
+	if x != nil {
+		return x.Busy
+	}
+	return ""
+}
+
 type OpenChannelRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`                            // channel name from the configuration
@@ -1106,7 +1211,7 @@ type OpenChannelRequest struct {
 
 func (x *OpenChannelRequest) Reset() {
 	*x = OpenChannelRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[13]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1223,7 @@ func (x *OpenChannelRequest) String() string {
 func (*OpenChannelRequest) ProtoMessage() {}
 
 func (x *OpenChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[13]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1236,7 @@ func (x *OpenChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenChannelRequest.ProtoReflect.Descriptor instead.
 func (*OpenChannelRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{13}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpenChannelRequest) GetChannel() string {
@@ -1182,7 +1287,7 @@ type OpenChannelResponse struct {
 
 func (x *OpenChannelResponse) Reset() {
 	*x = OpenChannelResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[14]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1299,7 @@ func (x *OpenChannelResponse) String() string {
 func (*OpenChannelResponse) ProtoMessage() {}
 
 func (x *OpenChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[14]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1312,7 @@ func (x *OpenChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenChannelResponse.ProtoReflect.Descriptor instead.
 func (*OpenChannelResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{14}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *OpenChannelResponse) GetResolvedPath() string {
@@ -1233,7 +1338,7 @@ type CloseChannelRequest struct {
 
 func (x *CloseChannelRequest) Reset() {
 	*x = CloseChannelRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[15]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1350,7 @@ func (x *CloseChannelRequest) String() string {
 func (*CloseChannelRequest) ProtoMessage() {}
 
 func (x *CloseChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[15]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1363,7 @@ func (x *CloseChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseChannelRequest.ProtoReflect.Descriptor instead.
 func (*CloseChannelRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{15}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CloseChannelRequest) GetChannel() string {
@@ -1276,7 +1381,7 @@ type CloseChannelResponse struct {
 
 func (x *CloseChannelResponse) Reset() {
 	*x = CloseChannelResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[16]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1393,7 @@ func (x *CloseChannelResponse) String() string {
 func (*CloseChannelResponse) ProtoMessage() {}
 
 func (x *CloseChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[16]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1406,7 @@ func (x *CloseChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseChannelResponse.ProtoReflect.Descriptor instead.
 func (*CloseChannelResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{16}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{18}
 }
 
 type Route struct {
@@ -1317,7 +1422,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[17]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1434,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[17]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1447,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{17}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Route) GetCommand() string {
@@ -1395,7 +1500,7 @@ type ChannelConfig struct {
 
 func (x *ChannelConfig) Reset() {
 	*x = ChannelConfig{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[18]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1512,7 @@ func (x *ChannelConfig) String() string {
 func (*ChannelConfig) ProtoMessage() {}
 
 func (x *ChannelConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[18]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1525,7 @@ func (x *ChannelConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChannelConfig.ProtoReflect.Descriptor instead.
 func (*ChannelConfig) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{18}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ChannelConfig) GetName() string {
@@ -1485,13 +1590,18 @@ type Limits struct {
 	// (60 s, 30 s), negative: no limit.
 	WriteTimeoutMs       int64 `protobuf:"varint,9,opt,name=write_timeout_ms,json=writeTimeoutMs,proto3" json:"write_timeout_ms,omitempty"`
 	RequestIdleTimeoutMs int64 `protobuf:"varint,10,opt,name=request_idle_timeout_ms,json=requestIdleTimeoutMs,proto3" json:"request_idle_timeout_ms,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Added in 1.3. A command plugin the parser has sent nothing for this
+	// long, with nothing in flight, is released: the parser closes its data
+	// plane connection and asks the supervisor (Host.Release) to stop the
+	// plugin unless it is busy. 0: the default (30 s), negative: never.
+	PluginIdleExitMs int64 `protobuf:"varint,11,opt,name=plugin_idle_exit_ms,json=pluginIdleExitMs,proto3" json:"plugin_idle_exit_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1613,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1626,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{19}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Limits) GetMaxRequestBytes() int64 {
@@ -1589,6 +1699,13 @@ func (x *Limits) GetRequestIdleTimeoutMs() int64 {
 	return 0
 }
 
+func (x *Limits) GetPluginIdleExitMs() int64 {
+	if x != nil {
+		return x.PluginIdleExitMs
+	}
+	return 0
+}
+
 type ConfigureParserRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Channels     []*ChannelConfig       `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
@@ -1613,7 +1730,7 @@ type ConfigureParserRequest struct {
 
 func (x *ConfigureParserRequest) Reset() {
 	*x = ConfigureParserRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1742,7 @@ func (x *ConfigureParserRequest) String() string {
 func (*ConfigureParserRequest) ProtoMessage() {}
 
 func (x *ConfigureParserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1755,7 @@ func (x *ConfigureParserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureParserRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureParserRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{20}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ConfigureParserRequest) GetChannels() []*ChannelConfig {
@@ -1714,7 +1831,7 @@ type Inbox struct {
 
 func (x *Inbox) Reset() {
 	*x = Inbox{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1843,7 @@ func (x *Inbox) String() string {
 func (*Inbox) ProtoMessage() {}
 
 func (x *Inbox) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1856,7 @@ func (x *Inbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Inbox.ProtoReflect.Descriptor instead.
 func (*Inbox) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{21}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Inbox) GetChannel() string {
@@ -1765,7 +1882,7 @@ type ConfigureParserResponse struct {
 
 func (x *ConfigureParserResponse) Reset() {
 	*x = ConfigureParserResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +1894,7 @@ func (x *ConfigureParserResponse) String() string {
 func (*ConfigureParserResponse) ProtoMessage() {}
 
 func (x *ConfigureParserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +1907,7 @@ func (x *ConfigureParserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureParserResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureParserResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{22}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConfigureParserResponse) GetInboxes() []*Inbox {
@@ -1811,7 +1928,7 @@ type ParseRequestRequest struct {
 
 func (x *ParseRequestRequest) Reset() {
 	*x = ParseRequestRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1940,7 @@ func (x *ParseRequestRequest) String() string {
 func (*ParseRequestRequest) ProtoMessage() {}
 
 func (x *ParseRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1953,7 @@ func (x *ParseRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ParseRequestRequest.ProtoReflect.Descriptor instead.
 func (*ParseRequestRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{23}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ParseRequestRequest) GetDialect() string {
@@ -1869,7 +1986,7 @@ type ParseRequestResponse struct {
 
 func (x *ParseRequestResponse) Reset() {
 	*x = ParseRequestResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +1998,7 @@ func (x *ParseRequestResponse) String() string {
 func (*ParseRequestResponse) ProtoMessage() {}
 
 func (x *ParseRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2011,7 @@ func (x *ParseRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ParseRequestResponse.ProtoReflect.Descriptor instead.
 func (*ParseRequestResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{24}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ParseRequestResponse) GetResponse() []byte {
@@ -1917,7 +2034,7 @@ type EnsureStartedRequest struct {
 
 func (x *EnsureStartedRequest) Reset() {
 	*x = EnsureStartedRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2046,7 @@ func (x *EnsureStartedRequest) String() string {
 func (*EnsureStartedRequest) ProtoMessage() {}
 
 func (x *EnsureStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2059,7 @@ func (x *EnsureStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureStartedRequest.ProtoReflect.Descriptor instead.
 func (*EnsureStartedRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{25}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EnsureStartedRequest) GetPlugin() string {
@@ -1968,7 +2085,7 @@ type EnsureStartedResponse struct {
 
 func (x *EnsureStartedResponse) Reset() {
 	*x = EnsureStartedResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2097,7 @@ func (x *EnsureStartedResponse) String() string {
 func (*EnsureStartedResponse) ProtoMessage() {}
 
 func (x *EnsureStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2110,7 @@ func (x *EnsureStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureStartedResponse.ProtoReflect.Descriptor instead.
 func (*EnsureStartedResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{26}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnsureStartedResponse) GetDataplaneSocket() string {
@@ -2001,6 +2118,98 @@ func (x *EnsureStartedResponse) GetDataplaneSocket() string {
 		return x.DataplaneSocket
 	}
 	return ""
+}
+
+// Added in 1.3. The parser no longer needs the plugin (idle exit): it has
+// closed its data plane connection to it.
+type ReleaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Plugin        string                 `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseRequest) Reset() {
+	*x = ReleaseRequest{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseRequest) ProtoMessage() {}
+
+func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseRequest) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReleaseRequest) GetPlugin() string {
+	if x != nil {
+		return x.Plugin
+	}
+	return ""
+}
+
+type ReleaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The plugin was stopped; false: it is busy, not running, or serves
+	// another parser.
+	Stopped       bool `protobuf:"varint,1,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseResponse) Reset() {
+	*x = ReleaseResponse{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseResponse) ProtoMessage() {}
+
+func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseResponse) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ReleaseResponse) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
+	}
+	return false
 }
 
 var File_guestagent_v1_guestagent_proto protoreflect.FileDescriptor
@@ -2085,7 +2294,12 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\ffreeze_state\x18\x06 \x01(\x0e2\x1a.guestagent.v1.FreezeStateR\vfreezeState\x12\x12\n" +
 	"\x04more\x18\a \x01(\bR\x04more\x12(\n" +
 	"\x10read_ahead_query\x18\b \x01(\x04R\x0ereadAheadQuery\x12L\n" +
-	"\x12read_ahead_results\x18\t \x03(\v2\x1e.guestagent.v1.ReadAheadResultR\x10readAheadResults\"\xa0\x01\n" +
+	"\x12read_ahead_results\x18\t \x03(\v2\x1e.guestagent.v1.ReadAheadResultR\x10readAheadResults\"3\n" +
+	"\rRetireRequest\x12\"\n" +
+	"\rdrain_wait_ms\x18\x01 \x01(\x03R\vdrainWaitMs\">\n" +
+	"\x0eRetireResponse\x12\x18\n" +
+	"\aretired\x18\x01 \x01(\bR\aretired\x12\x12\n" +
+	"\x04busy\x18\x02 \x01(\tR\x04busy\"\xa0\x01\n" +
 	"\x12OpenChannelRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
@@ -2110,7 +2324,7 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\adialect\x18\x02 \x01(\tR\adialect\x12\x14\n" +
 	"\x05allow\x18\x03 \x03(\tR\x05allow\x12\x14\n" +
 	"\x05block\x18\x04 \x03(\tR\x05block\x12,\n" +
-	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\"\xd5\x03\n" +
+	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\"\x84\x04\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_request_bytes\x18\x01 \x01(\x03R\x0fmaxRequestBytes\x12,\n" +
 	"\x12command_timeout_ms\x18\x02 \x01(\x03R\x10commandTimeoutMs\x12!\n" +
@@ -2122,7 +2336,8 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x18channel_memory_max_bytes\x18\b \x01(\x03R\x15channelMemoryMaxBytes\x12(\n" +
 	"\x10write_timeout_ms\x18\t \x01(\x03R\x0ewriteTimeoutMs\x125\n" +
 	"\x17request_idle_timeout_ms\x18\n" +
-	" \x01(\x03R\x14requestIdleTimeoutMs\"\xfc\x02\n" +
+	" \x01(\x03R\x14requestIdleTimeoutMs\x12-\n" +
+	"\x13plugin_idle_exit_ms\x18\v \x01(\x03R\x10pluginIdleExitMs\"\xfc\x02\n" +
 	"\x16ConfigureParserRequest\x128\n" +
 	"\bchannels\x18\x01 \x03(\v2\x1c.guestagent.v1.ChannelConfigR\bchannels\x12,\n" +
 	"\x06routes\x18\x02 \x03(\v2\x14.guestagent.v1.RouteR\x06routes\x12-\n" +
@@ -2149,7 +2364,11 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\x12'\n" +
 	"\x0fconnection_lost\x18\x02 \x01(\bR\x0econnectionLost\"B\n" +
 	"\x15EnsureStartedResponse\x12)\n" +
-	"\x10dataplane_socket\x18\x01 \x01(\tR\x0fdataplaneSocket*R\n" +
+	"\x10dataplane_socket\x18\x01 \x01(\tR\x0fdataplaneSocket\"(\n" +
+	"\x0eReleaseRequest\x12\x16\n" +
+	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"+\n" +
+	"\x0fReleaseResponse\x12\x18\n" +
+	"\astopped\x18\x01 \x01(\bR\astopped*R\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rKIND_EXCHANGE\x10\x01\x12\x0f\n" +
@@ -2161,18 +2380,20 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x13FREEZE_STATE_THAWED\x10\x022\x90\x01\n" +
 	"\x06Plugin\x12?\n" +
 	"\x04Info\x12\x1a.guestagent.v1.InfoRequest\x1a\x1b.guestagent.v1.InfoResponse\x12E\n" +
-	"\x06Health\x12\x1c.guestagent.v1.HealthRequest\x1a\x1d.guestagent.v1.HealthResponse2\xa5\x01\n" +
+	"\x06Health\x12\x1c.guestagent.v1.HealthRequest\x1a\x1d.guestagent.v1.HealthResponse2\xec\x01\n" +
 	"\aCommand\x12\\\n" +
 	"\tConfigure\x12&.guestagent.v1.ConfigureCommandRequest\x1a'.guestagent.v1.ConfigureCommandResponse\x12<\n" +
-	"\x03Run\x12\x19.guestagent.v1.RunRequest\x1a\x1a.guestagent.v1.RunResponse2\xb9\x01\n" +
+	"\x03Run\x12\x19.guestagent.v1.RunRequest\x1a\x1a.guestagent.v1.RunResponse\x12E\n" +
+	"\x06Retire\x12\x1c.guestagent.v1.RetireRequest\x1a\x1d.guestagent.v1.RetireResponse2\xb9\x01\n" +
 	"\bExchange\x12T\n" +
 	"\vOpenChannel\x12!.guestagent.v1.OpenChannelRequest\x1a\".guestagent.v1.OpenChannelResponse\x12W\n" +
 	"\fCloseChannel\x12\".guestagent.v1.CloseChannelRequest\x1a#.guestagent.v1.CloseChannelResponse2\xbd\x01\n" +
 	"\x06Parser\x12Z\n" +
 	"\tConfigure\x12%.guestagent.v1.ConfigureParserRequest\x1a&.guestagent.v1.ConfigureParserResponse\x12W\n" +
-	"\fParseRequest\x12\".guestagent.v1.ParseRequestRequest\x1a#.guestagent.v1.ParseRequestResponse2b\n" +
+	"\fParseRequest\x12\".guestagent.v1.ParseRequestRequest\x1a#.guestagent.v1.ParseRequestResponse2\xac\x01\n" +
 	"\x04Host\x12Z\n" +
-	"\rEnsureStarted\x12#.guestagent.v1.EnsureStartedRequest\x1a$.guestagent.v1.EnsureStartedResponseB<Z:github.com/guest-agent/guest-agent/shared/gen/guestagentv1b\x06proto3"
+	"\rEnsureStarted\x12#.guestagent.v1.EnsureStartedRequest\x1a$.guestagent.v1.EnsureStartedResponse\x12H\n" +
+	"\aRelease\x12\x1d.guestagent.v1.ReleaseRequest\x1a\x1e.guestagent.v1.ReleaseResponseB<Z:github.com/guest-agent/guest-agent/shared/gen/guestagentv1b\x06proto3"
 
 var (
 	file_guestagent_v1_guestagent_proto_rawDescOnce sync.Once
@@ -2187,7 +2408,7 @@ func file_guestagent_v1_guestagent_proto_rawDescGZIP() []byte {
 }
 
 var file_guestagent_v1_guestagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(Kind)(0),                        // 0: guestagent.v1.Kind
 	(FreezeState)(0),                 // 1: guestagent.v1.FreezeState
@@ -2204,20 +2425,24 @@ var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(*ReadAheadResult)(nil),          // 12: guestagent.v1.ReadAheadResult
 	(*Error)(nil),                    // 13: guestagent.v1.Error
 	(*RunResponse)(nil),              // 14: guestagent.v1.RunResponse
-	(*OpenChannelRequest)(nil),       // 15: guestagent.v1.OpenChannelRequest
-	(*OpenChannelResponse)(nil),      // 16: guestagent.v1.OpenChannelResponse
-	(*CloseChannelRequest)(nil),      // 17: guestagent.v1.CloseChannelRequest
-	(*CloseChannelResponse)(nil),     // 18: guestagent.v1.CloseChannelResponse
-	(*Route)(nil),                    // 19: guestagent.v1.Route
-	(*ChannelConfig)(nil),            // 20: guestagent.v1.ChannelConfig
-	(*Limits)(nil),                   // 21: guestagent.v1.Limits
-	(*ConfigureParserRequest)(nil),   // 22: guestagent.v1.ConfigureParserRequest
-	(*Inbox)(nil),                    // 23: guestagent.v1.Inbox
-	(*ConfigureParserResponse)(nil),  // 24: guestagent.v1.ConfigureParserResponse
-	(*ParseRequestRequest)(nil),      // 25: guestagent.v1.ParseRequestRequest
-	(*ParseRequestResponse)(nil),     // 26: guestagent.v1.ParseRequestResponse
-	(*EnsureStartedRequest)(nil),     // 27: guestagent.v1.EnsureStartedRequest
-	(*EnsureStartedResponse)(nil),    // 28: guestagent.v1.EnsureStartedResponse
+	(*RetireRequest)(nil),            // 15: guestagent.v1.RetireRequest
+	(*RetireResponse)(nil),           // 16: guestagent.v1.RetireResponse
+	(*OpenChannelRequest)(nil),       // 17: guestagent.v1.OpenChannelRequest
+	(*OpenChannelResponse)(nil),      // 18: guestagent.v1.OpenChannelResponse
+	(*CloseChannelRequest)(nil),      // 19: guestagent.v1.CloseChannelRequest
+	(*CloseChannelResponse)(nil),     // 20: guestagent.v1.CloseChannelResponse
+	(*Route)(nil),                    // 21: guestagent.v1.Route
+	(*ChannelConfig)(nil),            // 22: guestagent.v1.ChannelConfig
+	(*Limits)(nil),                   // 23: guestagent.v1.Limits
+	(*ConfigureParserRequest)(nil),   // 24: guestagent.v1.ConfigureParserRequest
+	(*Inbox)(nil),                    // 25: guestagent.v1.Inbox
+	(*ConfigureParserResponse)(nil),  // 26: guestagent.v1.ConfigureParserResponse
+	(*ParseRequestRequest)(nil),      // 27: guestagent.v1.ParseRequestRequest
+	(*ParseRequestResponse)(nil),     // 28: guestagent.v1.ParseRequestResponse
+	(*EnsureStartedRequest)(nil),     // 29: guestagent.v1.EnsureStartedRequest
+	(*EnsureStartedResponse)(nil),    // 30: guestagent.v1.EnsureStartedResponse
+	(*ReleaseRequest)(nil),           // 31: guestagent.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),          // 32: guestagent.v1.ReleaseResponse
 }
 var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	0,  // 0: guestagent.v1.InfoResponse.kind:type_name -> guestagent.v1.Kind
@@ -2229,31 +2454,35 @@ var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	1,  // 6: guestagent.v1.RunResponse.freeze_state:type_name -> guestagent.v1.FreezeState
 	12, // 7: guestagent.v1.RunResponse.read_ahead_results:type_name -> guestagent.v1.ReadAheadResult
 	4,  // 8: guestagent.v1.Route.spec:type_name -> guestagent.v1.CommandSpec
-	20, // 9: guestagent.v1.ConfigureParserRequest.channels:type_name -> guestagent.v1.ChannelConfig
-	19, // 10: guestagent.v1.ConfigureParserRequest.routes:type_name -> guestagent.v1.Route
-	21, // 11: guestagent.v1.ConfigureParserRequest.limits:type_name -> guestagent.v1.Limits
-	23, // 12: guestagent.v1.ConfigureParserResponse.inboxes:type_name -> guestagent.v1.Inbox
+	22, // 9: guestagent.v1.ConfigureParserRequest.channels:type_name -> guestagent.v1.ChannelConfig
+	21, // 10: guestagent.v1.ConfigureParserRequest.routes:type_name -> guestagent.v1.Route
+	23, // 11: guestagent.v1.ConfigureParserRequest.limits:type_name -> guestagent.v1.Limits
+	25, // 12: guestagent.v1.ConfigureParserResponse.inboxes:type_name -> guestagent.v1.Inbox
 	9,  // 13: guestagent.v1.ParseRequestRequest.caller:type_name -> guestagent.v1.Caller
 	2,  // 14: guestagent.v1.Plugin.Info:input_type -> guestagent.v1.InfoRequest
 	5,  // 15: guestagent.v1.Plugin.Health:input_type -> guestagent.v1.HealthRequest
 	7,  // 16: guestagent.v1.Command.Configure:input_type -> guestagent.v1.ConfigureCommandRequest
 	10, // 17: guestagent.v1.Command.Run:input_type -> guestagent.v1.RunRequest
-	15, // 18: guestagent.v1.Exchange.OpenChannel:input_type -> guestagent.v1.OpenChannelRequest
-	17, // 19: guestagent.v1.Exchange.CloseChannel:input_type -> guestagent.v1.CloseChannelRequest
-	22, // 20: guestagent.v1.Parser.Configure:input_type -> guestagent.v1.ConfigureParserRequest
-	25, // 21: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
-	27, // 22: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
-	3,  // 23: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
-	6,  // 24: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
-	8,  // 25: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
-	14, // 26: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
-	16, // 27: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
-	18, // 28: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
-	24, // 29: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
-	26, // 30: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
-	28, // 31: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
-	23, // [23:32] is the sub-list for method output_type
-	14, // [14:23] is the sub-list for method input_type
+	15, // 18: guestagent.v1.Command.Retire:input_type -> guestagent.v1.RetireRequest
+	17, // 19: guestagent.v1.Exchange.OpenChannel:input_type -> guestagent.v1.OpenChannelRequest
+	19, // 20: guestagent.v1.Exchange.CloseChannel:input_type -> guestagent.v1.CloseChannelRequest
+	24, // 21: guestagent.v1.Parser.Configure:input_type -> guestagent.v1.ConfigureParserRequest
+	27, // 22: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
+	29, // 23: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
+	31, // 24: guestagent.v1.Host.Release:input_type -> guestagent.v1.ReleaseRequest
+	3,  // 25: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
+	6,  // 26: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
+	8,  // 27: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
+	14, // 28: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
+	16, // 29: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
+	18, // 30: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
+	20, // 31: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
+	26, // 32: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
+	28, // 33: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
+	30, // 34: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
+	32, // 35: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -2270,7 +2499,7 @@ func file_guestagent_v1_guestagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestagent_v1_guestagent_proto_rawDesc), len(file_guestagent_v1_guestagent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

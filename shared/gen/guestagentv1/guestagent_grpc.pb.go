@@ -168,6 +168,7 @@ var Plugin_ServiceDesc = grpc.ServiceDesc{
 const (
 	Command_Configure_FullMethodName = "/guestagent.v1.Command/Configure"
 	Command_Run_FullMethodName       = "/guestagent.v1.Command/Run"
+	Command_Retire_FullMethodName    = "/guestagent.v1.Command/Retire"
 )
 
 // CommandClient is the client API for Command service.
@@ -177,6 +178,9 @@ type CommandClient interface {
 	Configure(ctx context.Context, in *ConfigureCommandRequest, opts ...grpc.CallOption) (*ConfigureCommandResponse, error)
 	// Run is the unary path, used by tools and tests; channels use the data plane.
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*RunResponse, error)
+	// Added in 1.3. A plugin built against 1.2 answers Unimplemented and is
+	// never stopped for idleness.
+	Retire(ctx context.Context, in *RetireRequest, opts ...grpc.CallOption) (*RetireResponse, error)
 }
 
 type commandClient struct {
@@ -207,6 +211,16 @@ func (c *commandClient) Run(ctx context.Context, in *RunRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *commandClient) Retire(ctx context.Context, in *RetireRequest, opts ...grpc.CallOption) (*RetireResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireResponse)
+	err := c.cc.Invoke(ctx, Command_Retire_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CommandServer is the server API for Command service.
 // All implementations must embed UnimplementedCommandServer
 // for forward compatibility.
@@ -214,6 +228,9 @@ type CommandServer interface {
 	Configure(context.Context, *ConfigureCommandRequest) (*ConfigureCommandResponse, error)
 	// Run is the unary path, used by tools and tests; channels use the data plane.
 	Run(context.Context, *RunRequest) (*RunResponse, error)
+	// Added in 1.3. A plugin built against 1.2 answers Unimplemented and is
+	// never stopped for idleness.
+	Retire(context.Context, *RetireRequest) (*RetireResponse, error)
 	mustEmbedUnimplementedCommandServer()
 }
 
@@ -229,6 +246,9 @@ func (UnimplementedCommandServer) Configure(context.Context, *ConfigureCommandRe
 }
 func (UnimplementedCommandServer) Run(context.Context, *RunRequest) (*RunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Run not implemented")
+}
+func (UnimplementedCommandServer) Retire(context.Context, *RetireRequest) (*RetireResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Retire not implemented")
 }
 func (UnimplementedCommandServer) mustEmbedUnimplementedCommandServer() {}
 func (UnimplementedCommandServer) testEmbeddedByValue()                 {}
@@ -287,6 +307,24 @@ func _Command_Run_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Command_Retire_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CommandServer).Retire(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Command_Retire_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CommandServer).Retire(ctx, req.(*RetireRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Command_ServiceDesc is the grpc.ServiceDesc for Command service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -301,6 +339,10 @@ var Command_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Run",
 			Handler:    _Command_Run_Handler,
+		},
+		{
+			MethodName: "Retire",
+			Handler:    _Command_Retire_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -593,6 +635,7 @@ var Parser_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	Host_EnsureStarted_FullMethodName = "/guestagent.v1.Host/EnsureStarted"
+	Host_Release_FullMethodName       = "/guestagent.v1.Host/Release"
 )
 
 // HostClient is the client API for Host service.
@@ -600,6 +643,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type HostClient interface {
 	EnsureStarted(ctx context.Context, in *EnsureStartedRequest, opts ...grpc.CallOption) (*EnsureStartedResponse, error)
+	// Added in 1.3.
+	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 }
 
 type hostClient struct {
@@ -620,11 +665,23 @@ func (c *hostClient) EnsureStarted(ctx context.Context, in *EnsureStartedRequest
 	return out, nil
 }
 
+func (c *hostClient) Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseResponse)
+	err := c.cc.Invoke(ctx, Host_Release_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServer is the server API for Host service.
 // All implementations must embed UnimplementedHostServer
 // for forward compatibility.
 type HostServer interface {
 	EnsureStarted(context.Context, *EnsureStartedRequest) (*EnsureStartedResponse, error)
+	// Added in 1.3.
+	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	mustEmbedUnimplementedHostServer()
 }
 
@@ -637,6 +694,9 @@ type UnimplementedHostServer struct{}
 
 func (UnimplementedHostServer) EnsureStarted(context.Context, *EnsureStartedRequest) (*EnsureStartedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EnsureStarted not implemented")
+}
+func (UnimplementedHostServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
 }
 func (UnimplementedHostServer) mustEmbedUnimplementedHostServer() {}
 func (UnimplementedHostServer) testEmbeddedByValue()              {}
@@ -677,6 +737,24 @@ func _Host_EnsureStarted_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Host_Release_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServer).Release(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Host_Release_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServer).Release(ctx, req.(*ReleaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Host_ServiceDesc is the grpc.ServiceDesc for Host service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -687,6 +765,10 @@ var Host_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EnsureStarted",
 			Handler:    _Host_EnsureStarted_Handler,
+		},
+		{
+			MethodName: "Release",
+			Handler:    _Host_Release_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -40,6 +40,10 @@ type Agent struct {
 	// LazyStart starts command plugins on their first command (default on):
 	// plugins nobody calls cost no memory.
 	LazyStart *bool `hcl:"lazy_start,optional"`
+	// PluginIdleExit stops a lazily started command plugin that has had
+	// nothing to do this long and holds nothing a later command needs
+	// (default "30s"; "off": never). Its next command starts it again.
+	PluginIdleExit string `hcl:"plugin_idle_exit,optional"`
 	// PluginTLS runs go-plugin's AutoMTLS between the supervisor and each
 	// plugin (default off): the plugin sockets lie in the runtime
 	// directory, mode 0700, which only root can reach, and root could read
@@ -244,7 +248,29 @@ func (c *Agent) Validate() error {
 	if _, err := c.BackoffMax(); err != nil {
 		return err
 	}
+	if _, err := c.IdleExit(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// DefaultPluginIdleExit is how long an idle command plugin stays unless
+// configured.
+const DefaultPluginIdleExit = 30 * time.Second
+
+// IdleExit returns plugin_idle_exit; 0 means never.
+func (c *Agent) IdleExit() (time.Duration, error) {
+	switch c.PluginIdleExit {
+	case "":
+		return DefaultPluginIdleExit, nil
+	case "off":
+		return 0, nil
+	}
+	d, err := time.ParseDuration(c.PluginIdleExit)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("plugin_idle_exit: %q is not a positive duration (e.g. \"30s\") or \"off\"", c.PluginIdleExit)
+	}
+	return d, nil
 }
 
 // optionalDuration parses a duration limit: "" is 0 (the default), "off"

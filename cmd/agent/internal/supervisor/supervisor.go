@@ -723,8 +723,15 @@ func (s *Supervisor) limits() *pb.Limits {
 	if freezeMax == 0 {
 		freezeMaxMs = -1 // no limit
 	}
+	// Only lazily started plugins leave when idle: the next command
+	// brings them back.
+	idleExit, _ := s.opts.Config.IdleExit() // validated with the config
+	idleExitMs := idleExit.Milliseconds()
+	if idleExit == 0 || !s.lazy {
+		idleExitMs = -1
+	}
 	if l == nil {
-		return &pb.Limits{FsfreezeMaxMs: freezeMaxMs}
+		return &pb.Limits{FsfreezeMaxMs: freezeMaxMs, PluginIdleExitMs: idleExitMs}
 	}
 	d, _ := l.Timeout()
 	write, idle, _ := l.Deadlines()
@@ -734,6 +741,7 @@ func (s *Supervisor) limits() *pb.Limits {
 		FsfreezeMaxMs:         freezeMaxMs,
 		SessionMemoryMaxBytes: l.SessionMemoryMax, ChannelMemoryMaxBytes: l.ChannelMemoryMax,
 		WriteTimeoutMs: msOrNone(write), RequestIdleTimeoutMs: msOrNone(idle),
+		PluginIdleExitMs: idleExitMs,
 	}
 }
 

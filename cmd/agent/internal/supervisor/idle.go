@@ -1,0 +1,62 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// retireDrainWait is how long a plugin waits for the data plane connection
+// its parser has just closed to be seen closed before it answers Retire.
+const retireDrainWait = time.Second
+
+// Release is a parser's word that it has closed its data plane connection
+// to an idle command plugin: the plugin is stopped unless it is busy, and
+// its next command starts it again (EnsureStarted).
+func (h *hostServer) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	h.s.mu.Lock()
+	m := h.s.plugins[req.Plugin]
+	isCommand := m != nil && m.info.Kind == pb.Kind_KIND_COMMAND
+	h.s.mu.Unlock()
+	if !isCommand {
+		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
+	}
+	return &pb.ReleaseResponse{Stopped: h.s.retireIdle(ctx, m)}, nil
+}
+
+// retireIdle stops m if it agrees that it is idle. m.mu is held throughout,
+// so an EnsureStarted for m waits and then starts a new process.
+func (s *Supervisor) retireIdle(ctx context.Context, m *managed) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.run
+	if r == nil {
+		return false
+	}
+	select {
+	case <-r.exited:
+		return false // its end is being handled as a crash
+	default:
+	}
+	resp, err := r.clients.Command.Retire(ctx, &pb.RetireRequest{DrainWaitMs: retireDrainWait.Milliseconds()})
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		s.logger.Debug("plugin predates idle exit; it stays", "plugin", m.found.Name)
+		return false
+	case err != nil:
+		s.logger.Warn("plugin did not answer whether it is idle; it stays", "plugin", m.found.Name, "error", err)
+		return false
+	case !resp.Retired:
+		s.logger.Debug("idle plugin stays: it is busy", "plugin", m.found.Name, "busy", resp.Busy)
+		return false
+	}
+	// Not current any more: its exit is not taken for a crash.
+	m.run = nil
+	r.stop()
+	s.logger.Info("plugin stopped while idle; its next command starts it again", "plugin", m.found.Name, "pid", r.pid)
+	return true
+}

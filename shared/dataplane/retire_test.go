@@ -1,0 +1,63 @@
+package dataplane
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/hashicorp/go-hclog"
+)
+
+// TestServerRetire: a plugin retires only with no parser connected and
+// nothing busy, and takes no connection afterwards.
+func TestServerRetire(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "dp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Handler: func(ctx context.Context, req *pb.RunRequest) Reply {
+		return Reply{Resp: &pb.RunResponse{ResultJson: []byte(`{}`)}}
+	}, Logger: hclog.NewNullLogger()}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background(), ln) }()
+
+	c, err := Dial(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(context.Background(), &pb.RunRequest{Command: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	idle := func() string { return "" }
+	if why := srv.Retire(50*time.Millisecond, idle); why != "a parser is connected" {
+		t.Fatalf("retired with a parser connected: %q", why)
+	}
+	c.Close()
+	if why := srv.Retire(time.Second, func() string { return "an open handle" }); why != "an open handle" {
+		t.Fatalf("busy plugin: %q", why)
+	}
+	// Still serving after a refusal.
+	c, err = Dial(context.Background(), sock)
+	if err != nil {
+		t.Fatalf("dial after a busy answer: %v", err)
+	}
+	c.Close()
+	// The connection just closed is waited for, not taken for busy.
+	if why := srv.Retire(time.Second, idle); why != "" {
+		t.Fatalf("idle plugin did not retire: %q", why)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("serve after retiring: %v", err)
+	}
+	if c, err := Dial(context.Background(), sock); err == nil {
+		c.Close()
+		t.Fatal("a retired plugin took a connection")
+	}
+	if why := srv.Retire(time.Second, idle); why == "" {
+		t.Fatal("retired twice")
+	}
+}
