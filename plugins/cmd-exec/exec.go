@@ -708,3 +708,15 @@ func waitAll(recs []*record, d time.Duration) bool {
 	}
 	return true
 }
+
+// busy keeps the plugin from leaving while idle (sdk.CommandPlugin.Busy)
+// as long as a child runs or a status has not been collected: the host's
+// guest-exec-status must find it.
+func (e *execer) busy() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if n := len(e.procs); n > 0 {
+		return fmt.Sprintf("%d processes running or with a status not yet collected", n)
+	}
+	return ""
+}

@@ -65,5 +65,6 @@ func newPlugin() (*sdk.CommandPlugin, *execer) {
 		return nil
 	}
 	p.Commands = append(append(execCommands(ex), streamCommands(ex)...), negotiatorCommands(ex)...)
+	p.Busy = ex.busy
 	return p, ex
 }

@@ -334,3 +334,14 @@ func (t *handleTable) closeAll() {
 		_ = t.remove(context.Background(), id)
 	}
 }
+
+// busy keeps the plugin from leaving while idle (sdk.CommandPlugin.Busy)
+// while a handle is open: the host may use it again at any time.
+func (t *handleTable) busy() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n := len(t.open) + t.reserved; n > 0 {
+		return fmt.Sprintf("%d file handles open", n)
+	}
+	return ""
+}

@@ -66,6 +66,7 @@ func newFilesPlugin() *filesPlugin {
 		Version:   version,
 		Configure: f.configure,
 		Commands:  f.commands(),
+		Busy:      f.handles.busy,
 	}
 	return f
 }

@@ -74,6 +74,7 @@ func (n *nova) plugin() *sdk.CommandPlugin {
 		Version:   version,
 		Commands:  cmds,
 		Configure: n.configure,
+		Busy:      n.busy,
 	}
 }
 
@@ -137,4 +138,16 @@ func quote(s string) string {
 		s = s[:64] + "..."
 	}
 	return strconv.Quote(s)
+}
+
+// busy keeps the plugin from leaving while idle (sdk.CommandPlugin.Busy)
+// while it holds the key a keyinit agreed on: the password command that
+// follows needs it.
+func (n *nova) busy() string {
+	n.keyMu.Lock()
+	defer n.keyMu.Unlock()
+	if n.key != nil {
+		return "holding the key of a keyinit for the next password command"
+	}
+	return ""
 }

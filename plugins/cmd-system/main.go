@@ -80,6 +80,7 @@ func (s *system) plugin() *sdk.CommandPlugin {
 		Commands:  cmds,
 		Configure: s.configure,
 		Shutdown:  s.thawOnStop,
+		Busy:      s.busy,
 	}
 }
 
@@ -98,4 +99,13 @@ func (s *system) refuseWhileFrozen(name string, h func(context.Context, *sdk.Cal
 
 func main() {
 	sdk.ServeCommands(newSystem().plugin())
+}
+
+// busy keeps the plugin from leaving while idle (sdk.CommandPlugin.Busy)
+// while the guest is frozen: stopping would thaw it (thawOnStop).
+func (s *system) busy() string {
+	if s.frozen.Load() {
+		return "filesystems frozen"
+	}
+	return ""
 }
