@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guest-agent/guest-agent/shared/engine"
+
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
-	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/guest-agent/guest-agent/shared/session"
 	"github.com/hashicorp/go-hclog"
 )
@@ -29,7 +30,7 @@ import (
 // engineChannel is a parser engine serving one channel of a dialect, with
 // an exchange's outbox to hand it stream sessions.
 type engineChannel struct {
-	engine *sdk.ParserEngine
+	engine *engine.Engine
 	out    *session.Outbox
 }
 
@@ -38,7 +39,7 @@ func newEngineChannel(t testing.TB, dialect string, maxRequest int64) *engineCha
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := sdk.NewParserEngine(&sdk.ParserPlugin{Name: "parser-json", Dialects: dialects(), Logger: hclog.NewNullLogger()}, nil)
+	e := engine.New("parser-json", dialects(), hclog.NewNullLogger(), nil)
 	resp, err := e.Configure(context.Background(), &pb.ConfigureParserRequest{
 		Channels:   []*pb.ChannelConfig{{Name: "c", Dialect: dialect}},
 		Limits:     &pb.Limits{MaxRequestBytes: maxRequest, MaxSessions: 1 << 20},

@@ -15,7 +15,7 @@ import (
 // session, for dialects whose requests are one JSON document each. A line
 // over the request limit is skipped to its end and answered by tooLarge, so
 // the stream stays usable.
-func serveLines(ctx context.Context, s *sdk.StreamSession, handle func(line []byte) []byte, tooLarge func(limit int64) []byte) error {
+func serveLines(ctx context.Context, s sdk.StreamSession, handle func(line []byte) []byte, tooLarge func(limit int64) []byte) error {
 	r := bufio.NewReaderSize(s, 64<<10)
 	limit := s.MaxRequestBytes()
 	var line []byte

@@ -82,7 +82,7 @@ func (*novaDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, req []b
 
 // ServeStream serves nova over a byte stream (a socket used for tests and
 // in-guest callers): one request per line.
-func (n *novaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) error {
+func (n *novaDialect) ServeStream(ctx context.Context, s sdk.StreamSession) error {
 	return serveLines(ctx, s,
 		func(line []byte) []byte { return append(n.HandleMessage(ctx, s, line), '\n') },
 		func(limit int64) []byte {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/guest-agent/guest-agent/shared/engine"
+
 	"github.com/guest-agent/guest-agent/shared/dataplane"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/guest-agent/guest-agent/shared/sdk"
@@ -211,7 +213,7 @@ func BenchmarkSplitterBase64(b *testing.B) {
 // execute must be a string (null included), as qemu-ga 7.2 answers.
 func TestQGAEnvelopeEdges(t *testing.T) {
 	d := &qgaDialect{}
-	e := sdk.NewParserEngine(&sdk.ParserPlugin{Name: "parser-json", Dialects: []sdk.Dialect{d}, Logger: hclog.NewNullLogger()}, nil)
+	e := engine.New("parser-json", []sdk.Dialect{d}, hclog.NewNullLogger(), nil)
 	for _, tc := range []struct{ in, want string }{
 		{"{\"execute\":\"guest-ping\",\"id\":[1,\n2, {\"a\" :  \"b\\n\"}]}", `{"return": {}, "id": [1, 2, {"a": "b\n"}]}` + "\n"},
 		{`{"execute":"guest-ping","id":"x"}`, `{"return": {}, "id": "x"}` + "\n"},

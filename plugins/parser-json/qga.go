@@ -26,7 +26,7 @@ func (*qgaDialect) Name() string { return "qga" }
 // readBufSize is large so a 1 MiB guest-file-write arrives in few reads.
 const readBufSize = 256 << 10
 
-func (q *qgaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) error {
+func (q *qgaDialect) ServeStream(ctx context.Context, s sdk.StreamSession) error {
 	// Large requests and replies come from the engine's pool: a 48 MiB
 	// file read encodes into 64 MiB of base64, which should not be a fresh
 	// allocation each time, and the engine gives the pool's memory back
@@ -92,7 +92,7 @@ func (q *qgaDialect) ServeStream(ctx context.Context, s *sdk.StreamSession) erro
 	}
 }
 
-func writeReply(s *sdk.StreamSession, b []byte) {
+func writeReply(s sdk.StreamSession, b []byte) {
 	if b == nil {
 		return
 	}
@@ -103,7 +103,7 @@ func writeReply(s *sdk.StreamSession, b []byte) {
 
 // serveOne decodes one request and runs it; the reply is written when the
 // command completes (commands of different plugins run side by side).
-func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value []byte, owned bool, pool *dataplane.BufferPool) {
+func (q *qgaDialect) serveOne(ctx context.Context, s sdk.StreamSession, value []byte, owned bool, pool *dataplane.BufferPool) {
 	req, errReply := decodeRequest(value)
 	if errReply != nil {
 		writeReply(s, errReply)
@@ -141,7 +141,7 @@ func (q *qgaDialect) serveOne(ctx context.Context, s *sdk.StreamSession, value [
 
 // writeOutcome writes the reply to a command run with Go; it is dropped
 // when the host resynchronised since the request (see sdk.WriteReply).
-func writeOutcome(s *sdk.StreamSession, o *sdk.Outcome, parts ...[]byte) {
+func writeOutcome(s sdk.StreamSession, o *sdk.Outcome, parts ...[]byte) {
 	if _, err := s.WriteReply(o, parts...); err != nil {
 		s.Logger().Debug("qga: reply lost", "origin", s.Origin(), "error", err)
 	}

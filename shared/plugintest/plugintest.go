@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
+
 	"github.com/guest-agent/guest-agent/shared/dataplane"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
-	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -27,7 +28,7 @@ import (
 // Plugin is one running plugin process.
 type Plugin struct {
 	Info    *pb.InfoResponse
-	Clients *sdk.Clients
+	Clients *rpcplugin.Clients
 	PID     int
 	Dir     string // private temp directory (sockets, state)
 
@@ -48,25 +49,25 @@ func Start(t testing.TB, binary string) *Plugin {
 	cmd.Env = []string{"PLUGIN_UNIX_SOCKET_DIR=" + dir}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	client := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		VersionedPlugins: sdk.PluginSets(nil),
+		HandshakeConfig:  rpcplugin.Handshake,
+		VersionedPlugins: rpcplugin.PluginSets(nil),
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		Logger:           hclog.New(&hclog.LoggerOptions{Name: filepath.Base(binary), Level: hclog.Warn, Output: os.Stderr}),
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+			grpc.MaxCallRecvMsgSize(rpcplugin.MaxMessageBytes), grpc.MaxCallSendMsgSize(rpcplugin.MaxMessageBytes))},
 	})
 	t.Cleanup(client.Kill)
 	rpc, err := client.Client()
 	if err != nil {
 		t.Fatalf("start %s: %v", binary, err)
 	}
-	raw, err := rpc.Dispense(sdk.PluginName)
+	raw, err := rpc.Dispense(rpcplugin.PluginName)
 	if err != nil {
 		t.Fatalf("dispense %s: %v", binary, err)
 	}
-	p := &Plugin{Clients: raw.(*sdk.Clients), Dir: dir, client: client}
+	p := &Plugin{Clients: raw.(*rpcplugin.Clients), Dir: dir, client: client}
 	if rc := client.ReattachConfig(); rc != nil {
 		p.PID = rc.Pid
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/internal/wire"
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -144,7 +146,7 @@ type CommandPlugin struct {
 	once   sync.Once
 	index  map[string]*Command
 	pool   dataplane.BufferPool
-	memory memoryReturner
+	memory dataplane.MemoryReturner
 }
 
 func (p *CommandPlugin) init() {
@@ -194,8 +196,8 @@ const maxReadAheadRuns = 64
 // serveDataplane runs a data plane request; buffers from AllocBlob are
 // recycled once the response is written.
 func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
-	if len(req.Blob) >= bulkSize {
-		p.memory.bulkDone()
+	if len(req.Blob) >= dataplane.BulkSize {
+		p.memory.BulkDone()
 	}
 	if req.ReadAhead != 0 {
 		return p.serveReadAhead(ctx, req)
@@ -209,8 +211,8 @@ func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) 
 
 func (p *CommandPlugin) recycle(call *Call) {
 	for _, b := range call.pooled {
-		if len(b) >= bulkSize {
-			p.memory.bulkDone()
+		if len(b) >= dataplane.BulkSize {
+			p.memory.BulkDone()
 		}
 		p.pool.Put(b)
 	}
@@ -282,7 +284,7 @@ func (p *CommandPlugin) run(ctx context.Context, req *pb.RunRequest) (resp *pb.R
 		resp.FreezeState = r.FreezeState
 	}
 	if err != nil {
-		resp.Error = toProtoError(err)
+		resp.Error = wire.ToProtoError(err)
 		return resp, call
 	}
 	if isReply {
@@ -321,8 +323,8 @@ func ServeCommands(p *CommandPlugin) {
 		runtime.GOMAXPROCS(1)
 	}
 	srv := &commandServer{p: p}
-	serve(p.Logger, func(s *grpc.Server, _ *plugin.GRPCBroker) {
-		pb.RegisterPluginServer(s, &baseServer{info: p.Info(), health: p.Health})
+	rpcplugin.Serve(p.Logger, func(s *grpc.Server, _ *plugin.GRPCBroker) {
+		pb.RegisterPluginServer(s, &rpcplugin.BaseServer{Description: p.Info(), HealthCheck: p.Health})
 		pb.RegisterCommandServer(s, srv)
 	})
 	// serve returns when the agent asked the plugin to stop.
@@ -381,7 +383,7 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 			}
 		}()
 	}
-	releaseStartupMemory()
+	rpcplugin.ReleaseStartupMemory()
 	s.configured = true
 	return &pb.ConfigureCommandResponse{}, nil
 }

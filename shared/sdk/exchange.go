@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
 	"github.com/guest-agent/guest-agent/shared/session"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -59,8 +60,8 @@ func ServeExchange(p *ExchangePlugin) {
 	}
 	info := &pb.InfoResponse{Name: p.Name, Version: p.Version, Kind: pb.Kind_KIND_EXCHANGE, Methods: p.Methods}
 	srv := &exchangeServer{p: p, channels: map[string]context.CancelFunc{}}
-	serve(p.Logger, func(s *grpc.Server, _ *plugin.GRPCBroker) {
-		pb.RegisterPluginServer(s, &baseServer{info: info})
+	rpcplugin.Serve(p.Logger, func(s *grpc.Server, _ *plugin.GRPCBroker) {
+		pb.RegisterPluginServer(s, &rpcplugin.BaseServer{Description: info})
 		pb.RegisterExchangeServer(s, srv)
 	})
 }
@@ -116,7 +117,7 @@ func (s *exchangeServer) OpenChannel(_ context.Context, req *pb.OpenChannelReque
 	s.mu.Lock()
 	s.channels[req.Channel] = cancel
 	s.mu.Unlock()
-	releaseStartupMemory()
+	rpcplugin.ReleaseStartupMemory()
 	return &pb.OpenChannelResponse{ResolvedPath: resolved, HandedOver: out.HandedOver()}, nil
 }
 

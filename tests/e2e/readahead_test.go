@@ -15,7 +15,7 @@ import (
 	"github.com/guest-agent/guest-agent/tests/harness"
 )
 
-// Read-ahead (shared/sdk/readahead.go) runs guest-file-read before the host
+// Read-ahead (shared/engine/readahead.go) runs guest-file-read before the host
 // asks. These tests hold it to qemu-ga's semantics from the host's side:
 // every read returns the bytes at the position the host's own requests left,
 // whatever it does between reads, from one session or several; and they look

@@ -8,9 +8,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
+
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/guest-agent/guest-agent/shared/pidfd"
-	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
@@ -59,7 +60,7 @@ func (l *launcher) do(f func()) {
 // running is one live plugin process.
 type running struct {
 	client  *plugin.Client
-	clients *sdk.Clients
+	clients *rpcplugin.Clients
 	pid     int
 	exited  chan struct{} // closed when the process is gone
 	proc    *processRunner
@@ -85,8 +86,8 @@ func (l *launcher) launch(spec launchSpec) (*running, error) {
 func startPlugin(spec launchSpec) (*running, error) {
 	var pr *processRunner
 	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  sdk.Handshake,
-		VersionedPlugins: sdk.PluginSets(nil),
+		HandshakeConfig:  rpcplugin.Handshake,
+		VersionedPlugins: rpcplugin.PluginSets(nil),
 		// go-plugin makes a socket directory per plugin under TempDir,
 		// tells the plugin (PLUGIN_UNIX_SOCKET_DIR), puts the
 		// supervisor's own broker sockets there too, and removes it in
@@ -94,7 +95,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: spec.sockDir},
 		RunnerFunc: func(_ hclog.Logger, prepared *exec.Cmd, _ string) (runner.Runner, error) {
 			var err error
-			pr, err = newProcessRunner(spec, prepared, []string{sdk.EnvLogLevel + "=" + spec.logLevel})
+			pr, err = newProcessRunner(spec, prepared, []string{rpcplugin.EnvLogLevel + "=" + spec.logLevel})
 			return pr, err
 		},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
@@ -102,7 +103,7 @@ func startPlugin(spec launchSpec) (*running, error) {
 		Logger:           clientLogger{spec.logger},
 		StartTimeout:     20 * time.Second,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(sdk.MaxMessageBytes), grpc.MaxCallSendMsgSize(sdk.MaxMessageBytes))},
+			grpc.MaxCallRecvMsgSize(rpcplugin.MaxMessageBytes), grpc.MaxCallSendMsgSize(rpcplugin.MaxMessageBytes))},
 	}
 	client := plugin.NewClient(cfg)
 	rpc, err := client.Client()
@@ -110,12 +111,12 @@ func startPlugin(spec launchSpec) (*running, error) {
 		client.Kill()
 		return nil, fmt.Errorf("start plugin %s (%s): %w", spec.name, spec.path, err)
 	}
-	raw, err := rpc.Dispense(sdk.PluginName)
+	raw, err := rpc.Dispense(rpcplugin.PluginName)
 	if err != nil {
 		client.Kill()
 		return nil, fmt.Errorf("plugin %s: %w", spec.name, err)
 	}
-	r := &running{client: client, clients: raw.(*sdk.Clients), exited: make(chan struct{}), pid: pr.pid, proc: pr}
+	r := &running{client: client, clients: raw.(*rpcplugin.Clients), exited: make(chan struct{}), pid: pr.pid, proc: pr}
 	watchExit(r)
 	return r, nil
 }

@@ -17,9 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
+
 	"github.com/guest-agent/guest-agent/cmd/agent/internal/config"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
-	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 )
@@ -259,7 +260,7 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 	s.mu.Unlock()
 	s.cache.saveInBackground(s.logger)
 	s.pushRoutes(ctx)
-	s.logger.Info("command plugins learnt", "commands", len(s.routes)+len(sdk.CoreCommands()))
+	s.logger.Info("command plugins learnt", "commands", len(s.routes)+len(rpcplugin.CoreCommands()))
 }
 
 func levelName(l hclog.Logger) string {
@@ -353,7 +354,7 @@ func (s *Supervisor) buildRegistry() {
 			continue
 		}
 		for _, c := range m.info.Commands {
-			if sdk.IsCoreCommand(c.Name) {
+			if rpcplugin.IsCoreCommand(c.Name) {
 				s.logger.Error("command refused: it is a core command of the agent", "command", c.Name, "plugin", n)
 				continue
 			}
@@ -394,7 +395,7 @@ type PluginReport struct {
 
 // Commands lists the registry (core commands first), for -b help.
 func (s *Supervisor) Commands() []string {
-	out := sdk.CoreCommands()
+	out := rpcplugin.CoreCommands()
 	sort.Strings(out)
 	core := len(out)
 	for _, r := range s.routes {
@@ -463,7 +464,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// Start-up garbage (TLS certificates, plugin handshakes) is returned to
 	// the system once, now, rather than held while the agent idles.
 	debug.FreeOSMemory()
-	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(sdk.CoreCommands()))
+	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(rpcplugin.CoreCommands()))
 	<-ctx.Done()
 	return nil
 }

@@ -1,4 +1,4 @@
-package sdk
+package engine
 
 import (
 	"context"
@@ -97,7 +97,7 @@ func (h *sessionHold) room() (ok bool, wait <-chan struct{}, done func()) {
 // wait with os.ErrDeadlineExceeded: a session stuck with half a request
 // must give its bytes up, or sessions all waiting for room would wait for
 // ever.
-func (s *StreamSession) WaitRoom(ctx context.Context, deadline time.Time) error {
+func (s *streamSession) WaitRoom(ctx context.Context, deadline time.Time) error {
 	var expired <-chan time.Time
 	for {
 		ok, wait, done := s.hold.room()
@@ -130,36 +130,30 @@ func (s *StreamSession) WaitRoom(ctx context.Context, deadline time.Time) error 
 // HoldPending tells how many bytes of a request not yet complete the
 // dialect holds (0 once it is complete or dropped): they count against the
 // budget, and a peer that stops sending them meets RequestIdleTimeout.
-func (s *StreamSession) HoldPending(n int64) {
+func (s *streamSession) HoldPending(n int64) {
 	s.hold.add(n - s.pending)
 	s.pending = n
 }
 
 // RequestIdleTimeout is how long a started request may wait for its next
 // bytes (limit request_idle_timeout); 0: no limit.
-func (s *StreamSession) RequestIdleTimeout() time.Duration { return s.e.limits.requestIdle }
+func (s *streamSession) RequestIdleTimeout() time.Duration { return s.e.limits.requestIdle }
 
 // SetReadDeadline sets the deadline of the session's next reads where the
 // transport has deadlines; it reports whether it has. Dialects use it with
 // RequestIdleTimeout.
-func (s *StreamSession) SetReadDeadline(t time.Time) bool {
+func (s *streamSession) SetReadDeadline(t time.Time) bool {
 	if d, ok := s.conn.(interface{ SetReadDeadline(time.Time) error }); ok {
 		return d.SetReadDeadline(t) == nil
 	}
 	return false
 }
 
-// IsTimeout tells whether a read error is a deadline set with
-// SetReadDeadline passing.
-func IsTimeout(err error) bool {
-	return errors.Is(err, os.ErrDeadlineExceeded)
-}
-
 // writeParts writes a reply under the write deadline: a peer that reads
 // nothing of it for write_timeout has stopped reading. Large replies go in
 // chunks, each with a fresh deadline, so a slow reader that keeps reading is
 // not cut off. The caller holds wmu.
-func (s *StreamSession) writeParts(parts [][]byte) error {
+func (s *streamSession) writeParts(parts [][]byte) error {
 	timeout := s.e.limits.writeTimeout
 	d, hasDeadline := s.conn.(interface{ SetWriteDeadline(time.Time) error })
 	if timeout <= 0 || !hasDeadline || d.SetWriteDeadline(time.Now().Add(timeout)) != nil {
@@ -195,7 +189,7 @@ func (s *StreamSession) writeParts(parts [][]byte) error {
 // ends (the peer is gone or hostile); a virtio-serial session, which cannot
 // end, drops the rest of the reply and goes on, and the host resynchronises
 // with 0xFF and guest-sync-delimited as it does after any timeout.
-func (s *StreamSession) writeStalled(err error) {
+func (s *streamSession) writeStalled(err error) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return
 	}

@@ -1,4 +1,4 @@
-package sdk
+package engine
 
 import (
 	"bytes"
@@ -7,7 +7,9 @@ import (
 	"sync/atomic"
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
+	"github.com/guest-agent/guest-agent/shared/dialect"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/internal/wire"
 )
 
 // A host copying a file out of the guest sends guest-file-read after
@@ -110,7 +112,7 @@ func (b *aheadBatch) encode() [][]byte {
 	for i, blob := range b.blobs {
 		if len(blob) > 0 {
 			texts[i] = b.session.e.textPool.Get(base64.StdEncoding.EncodedLen(len(blob)))
-			EncodeBase64(texts[i], blob)
+			wire.EncodeBase64(texts[i], blob)
 		}
 	}
 	return texts
@@ -163,7 +165,7 @@ func (d *dispatcher) takeAhead(plugin, command string, args []byte) *aheadBatch 
 // claimAhead answers the request from batch b, which takeAhead returned. A
 // nil outcome means it cannot (the batch failed, ran out, or was released
 // meanwhile): the caller runs the request itself.
-func (d *dispatcher) claimAhead(ctx context.Context, b *aheadBatch) (*Outcome, *pb.ReadAheadResult) {
+func (d *dispatcher) claimAhead(ctx context.Context, b *aheadBatch) (*dialect.Outcome, *pb.ReadAheadResult) {
 	select {
 	case <-b.prepared:
 	case <-ctx.Done():
@@ -181,7 +183,7 @@ func (d *dispatcher) claimAhead(ctx context.Context, b *aheadBatch) (*Outcome, *
 	}
 	b.next++
 	b.refs.Add(1)
-	o := &Outcome{Result: b.results[i].ResultJson, Blob: b.blobs[i], BlobText: b.texts[i], Release: b.unref}
+	o := &dialect.Outcome{Result: b.results[i].ResultJson, Blob: b.blobs[i], BlobText: b.texts[i], Release: b.unref}
 	if b.next == len(b.results) {
 		d.aheads = d.aheads[1:]
 		b.unref()

@@ -1,4 +1,4 @@
-package sdk
+package engine
 
 import (
 	"context"
@@ -191,7 +191,7 @@ func (g *freezeGuard) hostGone(d *dispatcher) {
 
 // thawOnOwnAccord runs the command that thaws, as the engine's own caller,
 // and records the outcome like any reply.
-func (e *ParserEngine) thawOnOwnAccord(ctx context.Context, reason string) {
+func (e *Engine) thawOnOwnAccord(ctx context.Context, reason string) {
 	e.mu.RLock()
 	var route *pb.Route
 	for _, r := range e.routes {

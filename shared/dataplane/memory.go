@@ -1,4 +1,4 @@
-package sdk
+package dataplane
 
 import (
 	"runtime"
@@ -7,27 +7,27 @@ import (
 	"time"
 )
 
-// bulkSize is the blob size from which a transfer counts as bulk.
-const bulkSize = 64 << 10
+// BulkSize is the blob size from which a transfer counts as bulk.
+const BulkSize = 64 << 10
 
 // bulkIdleDelay is how long after the last bulk transfer a process gives
 // its buffers back to the system.
 const bulkIdleDelay = 5 * time.Second
 
-// memoryReturner gives the memory of bulk transfers back once they stop. A
+// MemoryReturner gives the memory of bulk transfers back once they stop. A
 // file copy fills the buffer pools with megabytes that the garbage collector
 // would only drop minutes later (a pool survives one collection, and an idle
 // process collects every two minutes): a guest would see the agent keep that
 // memory long after the copy. One timer, armed by transfers: nothing runs
 // while the agent is idle.
-type memoryReturner struct {
+type MemoryReturner struct {
 	mu    sync.Mutex
 	timer *time.Timer
 }
 
-// bulkDone notes a bulk transfer; the memory goes back bulkIdleDelay after
+// BulkDone notes a bulk transfer; the memory goes back bulkIdleDelay after
 // the last one.
-func (m *memoryReturner) bulkDone() {
+func (m *MemoryReturner) BulkDone() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.timer == nil {
@@ -37,7 +37,7 @@ func (m *memoryReturner) bulkDone() {
 	m.timer.Reset(bulkIdleDelay)
 }
 
-func (m *memoryReturner) release() {
+func (m *MemoryReturner) release() {
 	runtime.GC() // the pools' buffers move to their victim caches
 	debug.FreeOSMemory()
 }

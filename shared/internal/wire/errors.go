@@ -1,4 +1,4 @@
-package sdk
+package wire
 
 import (
 	"errors"
@@ -33,8 +33,9 @@ func ErrorWithClass(class, format string, args ...any) error {
 	return &Error{Class: class, Desc: fmt.Sprintf(format, args...)}
 }
 
-// toProtoError converts any error to its wire form.
-func toProtoError(err error) *pb.Error {
+// ToProtoError converts any error to its wire form: an *Error keeps its
+// class, any other error is a GenericError.
+func ToProtoError(err error) *pb.Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return &pb.Error{Class: e.Class, Desc: e.Desc}

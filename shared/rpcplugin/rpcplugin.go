@@ -1,8 +1,9 @@
-// Package sdk is what a plugin author imports: one interface and one Serve
-// call per plugin kind (command, exchange, parser). Plugins run as their own
-// processes, launched by the guest-agent supervisor through
-// github.com/hashicorp/go-plugin over gRPC.
-package sdk
+// Package rpcplugin is the go-plugin glue both ends of a plugin share: the
+// handshake, the versioned plugin set, the typed gRPC clients the supervisor
+// dispenses, and the plugin side's serving (logger, parent watch, Info and
+// Health). Plugin authors do not need it: package sdk serves their plugin
+// through it. The supervisor and plugintest import it.
+package rpcplugin
 
 import (
 	"context"
@@ -102,9 +103,9 @@ func NewLogger(name string) hclog.Logger {
 	})
 }
 
-// serve runs the go-plugin server; it returns when the supervisor is done
-// with the plugin.
-func serve(logger hclog.Logger, register func(s *grpc.Server, broker *plugin.GRPCBroker)) {
+// Serve runs the go-plugin server of a plugin; it returns when the
+// supervisor is done with the plugin.
+func Serve(logger hclog.Logger, register func(s *grpc.Server, broker *plugin.GRPCBroker)) {
 	watchParent(logger)
 	if dir := os.Getenv(EnvCPUProfileDir); dir != "" {
 		if f, err := os.Create(filepath.Join(dir, filepath.Base(os.Args[0])+".pprof")); err == nil {
@@ -149,26 +150,51 @@ func watchParent(logger hclog.Logger) {
 	}
 }
 
-type baseServer struct {
+// BaseServer answers the calls every plugin serves: Info (what it is and
+// serves) and Health.
+type BaseServer struct {
 	pb.UnimplementedPluginServer
-	info   *pb.InfoResponse
-	health func() error
+	Description *pb.InfoResponse
+	// HealthCheck, if set, reports the plugin's health.
+	HealthCheck func() error
 }
 
-func (b *baseServer) Info(context.Context, *pb.InfoRequest) (*pb.InfoResponse, error) {
-	return b.info, nil
+// Info returns the plugin's description.
+func (b *BaseServer) Info(context.Context, *pb.InfoRequest) (*pb.InfoResponse, error) {
+	return b.Description, nil
 }
 
-func (b *baseServer) Health(context.Context, *pb.HealthRequest) (*pb.HealthResponse, error) {
-	if b.health != nil {
-		if err := b.health(); err != nil {
+// Health runs the plugin's health check, if it has one.
+func (b *BaseServer) Health(context.Context, *pb.HealthRequest) (*pb.HealthResponse, error) {
+	if b.HealthCheck != nil {
+		if err := b.HealthCheck(); err != nil {
 			return &pb.HealthResponse{Healthy: false, Message: err.Error()}, nil
 		}
 	}
 	return &pb.HealthResponse{Healthy: true, Message: "ok"}, nil
 }
 
-// releaseStartupMemory hands the garbage of start-up (the go-plugin
+// ReleaseStartupMemory hands the garbage of start-up (the go-plugin
 // handshake, TLS certificates) back to the system once a plugin is
 // configured: an idle agent should cost little.
-func releaseStartupMemory() { debug.FreeOSMemory() }
+func ReleaseStartupMemory() { debug.FreeOSMemory() }
+
+// qgaCoreCommands are the commands the qga dialect answers in the parser
+// process (parser-json's qga.go declares them as the dialect's local
+// commands; a test there keeps the two lists equal).
+var qgaCoreCommands = []string{"guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"}
+
+// CoreCommands lists the commands the parser answers itself on qga
+// channels; the supervisor refuses them from command plugins and lists them
+// with the registry.
+func CoreCommands() []string { return append([]string(nil), qgaCoreCommands...) }
+
+// IsCoreCommand tells whether name is a core command.
+func IsCoreCommand(name string) bool {
+	for _, c := range qgaCoreCommands {
+		if c == name {
+			return true
+		}
+	}
+	return false
+}

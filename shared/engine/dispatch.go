@@ -1,0 +1,196 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/guest-agent/guest-agent/shared/dataplane"
+	"github.com/guest-agent/guest-agent/shared/dialect"
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/internal/wire"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Core commands are answered by the parser process that read the request,
+// from the table the supervisor configured, so they never cross a process
+// boundary (the ping latency bar depends on it).
+var coreCommands = []string{"guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"}
+
+// dispatcher implements dialect.Dispatcher for one session.
+type dispatcher struct {
+	e      *Engine
+	st     *channelState
+	caller *pb.Caller
+
+	// readAhead: the session reads ahead (stream sessions; see readahead.go).
+	readAhead bool
+	aheadMu   sync.Mutex
+	aheads    []*aheadBatch // at most two, the second carrying on from the first
+	closed    bool          // the session ended: no new read-ahead
+}
+
+func (e *Engine) newDispatcher(st *channelState, caller *pb.Caller) *dispatcher {
+	return &dispatcher{e: e, st: st, caller: caller}
+}
+
+func (d *dispatcher) Caller() *pb.Caller   { return d.caller }
+func (d *dispatcher) Logger() hclog.Logger { return d.e.logger }
+
+func (d *dispatcher) AgentVersion() string {
+	d.e.mu.RLock()
+	defer d.e.mu.RUnlock()
+	if d.e.cfg == nil || d.e.cfg.AgentVersion == "" {
+		return "unknown"
+	}
+	return d.e.cfg.AgentVersion
+}
+
+func errOutcome(class, format string, args ...any) *dialect.Outcome {
+	return &dialect.Outcome{Err: &pb.Error{Class: class, Desc: fmt.Sprintf(format, args...)}}
+}
+
+// Dispatch runs one command.
+func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.RawMessage) *dialect.Outcome {
+	o, next := d.dispatch(ctx, command, args)
+	if next != nil {
+		next()
+	}
+	return o
+}
+
+// dispatch runs one command, step by step: route it (routing.go), refuse
+// it or answer it here, build the plugin's request (taking a bulk argument
+// out), run it (from read-ahead or on the plugin), and shape the outcome.
+// next, when not nil, starts the read-ahead of the host's likely next
+// request: call it once the reply is on its way.
+func (d *dispatcher) dispatch(ctx context.Context, command string, args json.RawMessage) (o *dialect.Outcome, next func()) {
+	route, lim := d.routeOf(ctx, command)
+	if o := d.refusal(command, route); o != nil {
+		return o, nil
+	}
+	if isCore(command) {
+		return d.core(command, args), nil
+	}
+	req, o := d.request(route, command, args)
+	if o != nil {
+		return o, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, lim.commandTimeout)
+	defer cancel()
+	resp, o := d.run(ctx, route, req, lim.commandTimeout)
+	if resp == nil {
+		return o, nil // failed before the plugin answered
+	}
+	return d.shape(route, req, resp, o, lim.readAheadMax)
+}
+
+// request is what the plugin gets: the arguments ("{}" when absent) and the
+// caller, with a bulk argument (CommandSpec.blob_arg) decoded into its blob.
+func (d *dispatcher) request(route *pb.Route, command string, args json.RawMessage) (*pb.RunRequest, *dialect.Outcome) {
+	req := &pb.RunRequest{Command: command, ArgsJson: argsObject(args), Caller: d.caller}
+	if member := route.GetSpec().GetBlobArg(); member != "" {
+		if o := extractBlobArg(req, member, &d.e.blobPool); o != nil {
+			return nil, o
+		}
+	}
+	return req, nil
+}
+
+// run answers req from the session's read-ahead when a batch holds its
+// result, else calls the plugin. A nil response comes with the outcome of
+// the failure; otherwise the outcome carries what the plugin's buffers
+// hold (Release) and, from read-ahead, the blob already in base64.
+func (d *dispatcher) run(ctx context.Context, route *pb.Route, req *pb.RunRequest, timeout time.Duration) (*pb.RunResponse, *dialect.Outcome) {
+	if d.readAhead {
+		if b := d.takeAhead(route.Plugin, req.Command, req.ArgsJson); b != nil {
+			if o, r := d.claimAhead(ctx, b); o != nil {
+				return &pb.RunResponse{ResultJson: r.ResultJson, More: r.More}, o
+			}
+		}
+	}
+	req.DeadlineUnixNano = time.Now().Add(timeout).UnixNano()
+	resp, release, err := d.e.call(ctx, route.Plugin, req)
+	if route.GetSpec().GetBlobArg() != "" {
+		d.e.blobPool.Put(req.Blob) // written to the plugin by now
+	}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errOutcome(wire.ClassGenericError, "command %s timed out after %s", req.Command, timeout)
+		}
+		return nil, errOutcome(wire.ClassGenericError, "command %s failed: %v", req.Command, err)
+	}
+	return resp, &dialect.Outcome{Result: resp.ResultJson, Release: release}
+}
+
+// shape completes the outcome of a plugin's response: the freeze state it
+// reports, its error, the bulk result member (CommandSpec.blob_result), and
+// the read-ahead that follows a result with more to read.
+func (d *dispatcher) shape(route *pb.Route, req *pb.RunRequest, resp *pb.RunResponse, o *dialect.Outcome, readAheadMax int64) (*dialect.Outcome, func()) {
+	spec := route.GetSpec()
+	d.e.freeze.record(resp.FreezeState, d)
+	if resp.Error != nil {
+		o.Done()
+		return &dialect.Outcome{Err: resp.Error}, nil
+	}
+	o.NoResponse = resp.NoResponse
+	if spec.GetBlobResult() != "" {
+		o.BlobField = spec.BlobResult
+		if o.Blob == nil {
+			o.Blob = resp.Blob
+		}
+		if o.Blob == nil {
+			o.Blob = []byte{}
+		}
+	}
+	if len(o.Blob) >= dataplane.BulkSize || len(req.Blob) >= dataplane.BulkSize {
+		d.e.memory.BulkDone()
+	}
+	if !d.readAhead || !spec.GetReadAhead() || !resp.More {
+		return o, nil
+	}
+	blobSize := len(o.Blob)
+	return o, func() { d.readOn(route.Plugin, spec.GetBlobResult(), req, blobSize, readAheadMax) }
+}
+
+func (d *dispatcher) core(command string, args json.RawMessage) *dialect.Outcome {
+	switch command {
+	case "guest-ping":
+		var none struct{}
+		if err := wire.DecodeArgs(args, &none); err != nil {
+			return &dialect.Outcome{Err: wire.ToProtoError(err)}
+		}
+		return &dialect.Outcome{Result: json.RawMessage(`{}`)}
+	case "guest-sync", "guest-sync-delimited":
+		var a struct {
+			ID int64 `json:"id"`
+		}
+		if err := wire.DecodeArgs(args, &a); err != nil {
+			return &dialect.Outcome{Err: wire.ToProtoError(err)}
+		}
+		return &dialect.Outcome{Result: json.RawMessage(fmt.Sprint(a.ID))}
+	default: // guest-info
+		var none struct{}
+		if err := wire.DecodeArgs(args, &none); err != nil {
+			return &dialect.Outcome{Err: wire.ToProtoError(err)}
+		}
+		type entry struct {
+			Enabled         bool   `json:"enabled"`
+			Name            string `json:"name"`
+			SuccessResponse bool   `json:"success-response"`
+		}
+		cmds := d.Commands()
+		list := make([]entry, len(cmds))
+		for i, c := range cmds {
+			list[i] = entry{c.Enabled, c.Name, c.SuccessResponse}
+		}
+		b, _ := json.Marshal(struct {
+			Version           string  `json:"version"`
+			SupportedCommands []entry `json:"supported_commands"`
+		}{d.AgentVersion(), list})
+		return &dialect.Outcome{Result: b}
+	}
+}
