@@ -102,6 +102,17 @@
 #  }
 #}
 
+# negotiator's guest-to-host port held by the agent: programs of the guest
+# call the host (guest-agent host list-commands | exec CMD) through socket
+# and wait their turn instead of failing with EBUSY on a port that has one
+# opener at a time. timeout bounds one call, waiting included; "0": none.
+#negotiator_host {
+#  enabled = false
+#  port    = "/dev/virtio-ports/negotiator-guest-to-host.0"
+#  socket  = "/run/guest-agent/negotiator-host.sock"
+#  timeout = "10s"
+#}
+
 # Per plugin: disabled = true ignores an installed plugin; checksum pins its
 # binary's SHA-256 (sha256sum /usr/lib/guest-agent/plugins/guest-agent-NAME:
 # a binary that differs is refused). Unknown options are refused by each

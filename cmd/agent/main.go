@@ -97,6 +97,7 @@ its own.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return listPlugins(cmd.Context(), cmd.OutOrStdout(), f) },
 	})
 	root.AddCommand(newManifestCmd())
+	root.AddCommand(newHostCmd())
 	root.AddCommand(newCallCmd(f))
 	cfgCmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
 	cfgCmd.AddCommand(&cobra.Command{
@@ -276,6 +277,13 @@ func runAgent(cmd *cobra.Command, f *flags) error {
 	if isHelp(f.blockRPCs) || isHelp(f.allowRPCs) {
 		fmt.Fprintln(cmd.OutOrStdout(), strings.Join(sup.Commands(), "\n"))
 		return nil
+	}
+	if cfg.HostRelay != nil && cfg.HostRelay.Enabled {
+		stopRelay, err := startHostRelay(ctx, cfg.HostRelay, logger)
+		if err != nil {
+			return err
+		}
+		defer stopRelay()
 	}
 	err = sup.Run(ctx)
 	if err != nil && ctx.Err() != nil {

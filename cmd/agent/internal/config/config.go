@@ -60,8 +60,11 @@ type Agent struct {
 	// CommandMonitor is the local socket of the Google guest agent's
 	// command monitor, for programs inside the guest (off by default).
 	CommandMonitor *CommandMonitor `hcl:"command_monitor,block"`
-	Channels       []Channel       `hcl:"channel,block"`
-	Plugins        []Plugin        `hcl:"plugin,block"`
+	// HostRelay holds negotiator's guest-to-host port for the guest's
+	// programs (off by default; see hostrelay.go).
+	HostRelay *HostRelay `hcl:"negotiator_host,block"`
+	Channels  []Channel  `hcl:"channel,block"`
+	Plugins   []Plugin   `hcl:"plugin,block"`
 }
 
 // Limits bound what a host can make the guest allocate.
@@ -220,6 +223,9 @@ func (c *Agent) Validate() error {
 		}
 	}
 	if err := c.validateMonitor(); err != nil {
+		return err
+	}
+	if err := c.validateHostRelay(); err != nil {
 		return err
 	}
 	if _, err := c.Limits.Timeout(); err != nil {
