@@ -31,6 +31,7 @@ func (e *Engine) Configure(_ context.Context, req *pb.ConfigureParserRequest) (*
 		channelMemory:  orDefault(req.GetLimits().GetChannelMemoryMaxBytes(), DefaultChannelMemoryMax),
 		writeTimeout:   durationLimit(req.GetLimits().GetWriteTimeoutMs(), DefaultWriteTimeout),
 		requestIdle:    durationLimit(req.GetLimits().GetRequestIdleTimeoutMs(), DefaultRequestIdleTimeout),
+		pluginIdleExit: durationLimit(req.GetLimits().GetPluginIdleExitMs(), DefaultPluginIdleExit),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

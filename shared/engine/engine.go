@@ -25,6 +25,12 @@ const (
 	// when one is late (make bench).
 	DefaultReadAheadMax     = 1 << 20
 	pluginRestartWaitBudget = 10 * time.Second
+	// DefaultPluginIdleExit: a command plugin unused this long is
+	// released (plugin_idle_exit).
+	DefaultPluginIdleExit = 30 * time.Second
+	// releaseTimeout bounds the supervisor's answer to a release (it asks
+	// the plugin, which waits up to a second for closed connections).
+	releaseTimeout = 10 * time.Second
 )
 
 // Engine runs the sessions of every channel of a parser plugin: it serves
@@ -83,6 +89,7 @@ type resolvedLimits struct {
 	channelMemory  int64
 	writeTimeout   time.Duration // 0: none
 	requestIdle    time.Duration // 0: none
+	pluginIdleExit time.Duration // 0: plugins stay
 }
 
 // New returns the engine of the parser plugin called name, serving

@@ -20,6 +20,8 @@ func (e *Engine) call(ctx context.Context, pluginName string, req *pb.RunRequest
 	if pc == nil {
 		return nil, nil, fmt.Errorf("no route to plugin %s", pluginName)
 	}
+	pc.begin()
+	defer pc.end()
 	var resp *pb.RunResponse
 	for attempt := 0; ; attempt++ {
 		c, err := pc.client(ctx)
@@ -58,6 +60,73 @@ type pluginConn struct {
 	// lost: the last connection broke, so the plugin died or is dying;
 	// the supervisor is asked before redialling.
 	lost bool
+	// released: the connection was closed for idleness and the
+	// supervisor told (idle exit); it is asked before redialling, since
+	// the plugin may be leaving.
+	released bool
+	// inFlight counts calls on the plugin; idle fires plugin_idle_exit
+	// after the last one ended (one timer, armed only by use).
+	inFlight int
+	idle     *time.Timer
+}
+
+// begin counts a call; the plugin is not idle while it runs.
+func (pc *pluginConn) begin() {
+	pc.mu.Lock()
+	pc.inFlight++
+	if pc.idle != nil {
+		pc.idle.Stop()
+	}
+	pc.mu.Unlock()
+}
+
+// end uncounts a call and, after the last one, arms the idle timer.
+func (pc *pluginConn) end() {
+	// The engine's lock before the connection's, never inside it:
+	// Configure holds the engine's while it sets sockets.
+	after, host := pc.engine.idleExit(), pc.engine.hostClient()
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pc.inFlight--
+	if pc.inFlight > 0 || after <= 0 || host == nil {
+		return
+	}
+	if pc.idle == nil {
+		pc.idle = time.AfterFunc(after, pc.release)
+	} else {
+		pc.idle.Reset(after)
+	}
+}
+
+// release closes the connection of a plugin idle for plugin_idle_exit and
+// tells the supervisor, which stops the plugin unless it is busy (holds a
+// child, a handle, a freeze). Its next command dials through the
+// supervisor again (EnsureStarted), which starts it anew if it left.
+func (pc *pluginConn) release() {
+	pc.mu.Lock()
+	if pc.inFlight > 0 || pc.conn == nil {
+		pc.mu.Unlock()
+		return
+	}
+	conn := pc.conn
+	pc.conn, pc.released = nil, true
+	pc.mu.Unlock()
+	conn.Close()
+	host := pc.engine.hostClient()
+	if host == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	resp, err := host.Release(ctx, &pb.ReleaseRequest{Plugin: pc.name})
+	switch {
+	case err != nil:
+		pc.engine.logger.Debug("idle plugin not released", "plugin", pc.name, "error", err)
+	case resp.Stopped:
+		pc.engine.logger.Debug("idle plugin released and stopped", "plugin", pc.name)
+	default:
+		pc.engine.logger.Debug("idle plugin released; it stays (busy)", "plugin", pc.name)
+	}
 }
 
 func (pc *pluginConn) setSocket(socket string) {
@@ -85,6 +154,9 @@ func (pc *pluginConn) current() *dataplane.Client {
 }
 
 func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
+	// Read before taking the connection's lock (lock order: the engine's,
+	// then a connection's; Configure sets sockets under the engine's).
+	host := pc.engine.hostClient()
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if pc.conn != nil {
@@ -97,7 +169,7 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 	}
 	deadline := time.Now().Add(pluginRestartWaitBudget)
 	for {
-		if pc.socket != "" && !(pc.lost && pc.engine.hostClient() != nil) {
+		if pc.socket != "" && !((pc.lost || pc.released) && host != nil) {
 			c, err := dataplane.Dial(ctx, pc.socket)
 			if err == nil {
 				pc.conn = c
@@ -106,13 +178,12 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 		}
 		// Not running (lazy start) or being restarted: ask the supervisor,
 		// which starts it or waits for its restart.
-		host := pc.engine.hostClient()
 		if host == nil {
 			return nil, fmt.Errorf("plugin %s is not running", pc.name)
 		}
 		resp, err := host.EnsureStarted(ctx, &pb.EnsureStartedRequest{Plugin: pc.name, ConnectionLost: pc.lost})
 		if err == nil {
-			pc.socket, pc.lost = resp.DataplaneSocket, false
+			pc.socket, pc.lost, pc.released = resp.DataplaneSocket, false, false
 			c, err := dataplane.Dial(ctx, pc.socket)
 			if err == nil {
 				pc.conn = c
@@ -128,6 +199,13 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// idleExit is plugin_idle_exit: 0 keeps plugins.
+func (e *Engine) idleExit() time.Duration {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.limits.pluginIdleExit
 }
 
 func (e *Engine) hostClient() pb.HostClient {
