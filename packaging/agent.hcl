@@ -26,6 +26,12 @@
 # no memory.
 #lazy_start = true
 
+# A command plugin started by a command leaves when it has had nothing to
+# do this long, unless it holds something a later command needs (a running
+# or uncollected guest-exec, an open file handle, a freeze, a nova key);
+# its next command starts it again. "off": plugins stay once started.
+#plugin_idle_exit = "30s"
+
 # go-plugin's AutoMTLS on each plugin connection. Off: the plugin sockets
 # lie in the root-only runtime directory; in a small guest the certificates
 # cost about a second of boot per pair of plugins.
