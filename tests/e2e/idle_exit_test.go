@@ -52,8 +52,12 @@ func TestPluginIdleExit(t *testing.T) {
 		first := pluginPID(t, c)
 		took := waitPluginGone(t, a, "cmd-test", time.Now(), idleExit+5*time.Second)
 		t.Logf("cmd-test left %s after its last command", took.Round(time.Millisecond))
-		if !strings.Contains(a.Log.String(), "plugin stopped while idle") {
-			t.Fatal("no log line for the idle stop")
+		// The supervisor logs once the process is gone.
+		for deadline := time.Now().Add(2 * time.Second); !strings.Contains(a.Log.String(), "plugin stopped while idle"); {
+			if time.Now().After(deadline) {
+				t.Fatal("no log line for the idle stop")
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 		if strings.Contains(a.Log.String(), "plugin exited unexpectedly") {
 			t.Fatal("an idle stop was taken for a crash")
