@@ -16,6 +16,12 @@
 # reboot, kept across restarts of the service within one boot).
 #runtime_dir = "/run/guest-agent"
 
+# Plugin directories, searched in order after --plugin-dir and the directory
+# of guest-agent (the first holding a name wins). They are followed while the
+# agent runs: a plugin installed, removed or upgraded there is taken up,
+# dropped or restarted on its new binary, without restarting the agent.
+#plugin_dirs = ["/usr/lib/guest-agent/plugins", "/etc/guest-agent/plugins.d"]
+
 # trace, debug, info, warn or error. Under systemd the journal keeps the
 # lines (journalctl -u guest-agent); logfile writes them to a file instead.
 #log_level = "info"

@@ -58,8 +58,11 @@ commands. Its flags are qemu-ga's; without any it serves the host's
 virtio-serial port /dev/virtio-ports/org.qemu.guest_agent.0.
 
 Plugins are the guest-agent-* binaries found in --plugin-dir, beside
-guest-agent, in /usr/lib/guest-agent/plugins and in /etc/guest-agent/plugins.d,
-each with its manifest (guest-agent manifest). The configuration file
+guest-agent, and in plugin_dirs of the configuration (default
+/usr/lib/guest-agent/plugins and /etc/guest-agent/plugins.d), each with its
+manifest (guest-agent manifest). These directories are followed while the
+agent runs: a plugin installed, removed or upgraded there is taken up,
+dropped or restarted without restarting the agent. The configuration file
 /etc/guest-agent/agent.hcl (agent.hcl(5)) declares channels, limits and plugin
 options; flags win over it. State lives in /var/lib/guest-agent, plugin sockets
 and the frozen flags in /run/guest-agent.
@@ -141,6 +144,9 @@ func effectiveConfig(f *flags) (*config.Agent, error) {
 			*dir = abs
 		}
 	}
+	if len(cfg.PluginDirs) == 0 {
+		cfg.PluginDirs = append([]string(nil), config.DefaultPluginDirs...)
+	}
 	if f.pidFile != "" {
 		cfg.PidFile = f.pidFile
 	}
@@ -197,12 +203,15 @@ func flagChannel(f *flags) config.Channel {
 	return ch
 }
 
-func pluginDirs(f *flags) []string {
+// pluginDirs are searched for plugins in this order (the first holding a
+// name wins) and followed while the agent runs: --plugin-dir, the directory
+// of guest-agent, then plugin_dirs of the configuration.
+func pluginDirs(f *flags, cfg *config.Agent) []string {
 	dirs := append([]string{}, f.pluginDirs...)
 	if exe, err := os.Executable(); err == nil {
 		dirs = append(dirs, filepath.Dir(exe))
 	}
-	return append(dirs, config.DefaultPluginDirs...)
+	return append(dirs, cfg.PluginDirs...)
 }
 
 func newLogger(cfg *config.Agent) (hclog.Logger, io.Closer, error) {
@@ -259,7 +268,7 @@ func runAgent(cmd *cobra.Command, f *flags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f), Version: version, Logger: logger})
+	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f, cfg), Version: version, Logger: logger})
 	if err := sup.Prepare(); err != nil {
 		return err
 	}
@@ -327,7 +336,7 @@ func listPlugins(ctx context.Context, w io.Writer, f *flags) error {
 		return err
 	}
 	logger := stderrLogger(hclog.Warn)
-	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f), Version: version, Logger: logger})
+	sup := supervisor.New(supervisor.Options{Config: cfg, PluginDirs: pluginDirs(f, cfg), Version: version, Logger: logger})
 	if err := sup.Prepare(); err != nil {
 		return err
 	}

@@ -131,6 +131,13 @@ func (pc *pluginConn) release() {
 
 func (pc *pluginConn) setSocket(socket string) {
 	pc.mu.Lock()
+	if socket != pc.socket {
+		// Another instance of the plugin (its binary was replaced, or
+		// removed and installed again): new requests go to it, and the
+		// calls in flight finish on the old connection, which ends when
+		// the old instance exits.
+		pc.conn, pc.lost = nil, false
+	}
 	pc.socket = socket
 	pc.mu.Unlock()
 }

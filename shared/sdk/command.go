@@ -323,14 +323,19 @@ func ServeCommands(p *CommandPlugin) {
 		runtime.GOMAXPROCS(1)
 	}
 	srv := &commandServer{p: p}
+	var once sync.Once
+	shutdown := func() {
+		if p.Shutdown != nil {
+			once.Do(p.Shutdown)
+		}
+	}
+	srv.drainOnSIGTERM(shutdown)
 	rpcplugin.Serve(p.Logger, func(s *grpc.Server, _ *plugin.GRPCBroker) {
 		pb.RegisterPluginServer(s, &rpcplugin.BaseServer{Description: p.Info(), HealthCheck: p.Health})
 		pb.RegisterCommandServer(s, srv)
 	})
 	// serve returns when the agent asked the plugin to stop.
-	if p.Shutdown != nil {
-		p.Shutdown()
-	}
+	shutdown()
 }
 
 type commandServer struct {
@@ -341,7 +346,9 @@ type commandServer struct {
 	dataplane  *dataplane.Server
 	// unary counts Run calls in progress (tools and tests call Run; the
 	// parsers use the data plane).
-	unary atomic.Int32
+	unary    atomic.Int32
+	listener net.Listener // the data plane's, closed by a drain
+	running  inFlight     // requests in flight, data plane and Run (drain.go)
 }
 
 func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandRequest) (*pb.ConfigureCommandResponse, error) {
@@ -376,7 +383,8 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 			ln.Close()
 			return nil, fmt.Errorf("%s: data plane: %w", s.p.Name, err)
 		}
-		s.dataplane = &dataplane.Server{Handler: s.p.serveDataplane, Logger: s.p.Logger}
+		s.listener = ln
+		s.dataplane = &dataplane.Server{Handler: s.running.counted(s.p.serveDataplane), Logger: s.p.Logger}
 		go func() {
 			if err := s.dataplane.Serve(context.Background(), ln); err != nil {
 				s.p.Logger.Error("data plane stopped", "error", err)
@@ -391,6 +399,8 @@ func (s *commandServer) Configure(_ context.Context, req *pb.ConfigureCommandReq
 func (s *commandServer) Run(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse, error) {
 	s.unary.Add(1)
 	defer s.unary.Add(-1)
+	s.running.begin()
+	defer s.running.end()
 	return s.p.Run(ctx, req), nil
 }
 

@@ -12,10 +12,14 @@ import (
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
+// version is set by the build (-X main.version) when a test needs two
+// builds that differ, as an upgrade does.
+var version = "1.0.0"
+
 func main() {
 	sdk.ServeCommands(&sdk.CommandPlugin{
 		Name:    "cmd-test",
-		Version: "1.0.0",
+		Version: version,
 		Commands: []sdk.Command{
 			{
 				Name: "test-sleep", Description: "sleeps for ms milliseconds",
@@ -40,6 +44,12 @@ func main() {
 					c := call.Caller
 					return map[string]any{"channel": c.GetChannel(), "dialect": c.GetDialect(),
 						"peer-pid": c.GetPeerPid(), "peer-uid": c.GetPeerUid(), "peer-gid": c.GetPeerGid()}, nil
+				},
+			},
+			{
+				Name: "test-version", Description: "returns the plugin's version and pid",
+				Handler: func(context.Context, *sdk.Call) (any, error) {
+					return map[string]any{"version": version, "pid": os.Getpid()}, nil
 				},
 			},
 			{

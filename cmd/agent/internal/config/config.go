@@ -18,8 +18,8 @@ import (
 // otherwise; a missing default file is not an error.
 const DefaultPath = "/etc/guest-agent/agent.hcl"
 
-// DefaultPluginDirs are searched after --plugin-dir and the directory of the
-// guest-agent binary.
+// DefaultPluginDirs are plugin_dirs unless configured: searched after
+// --plugin-dir and the directory of the guest-agent binary.
 var DefaultPluginDirs = []string{"/usr/lib/guest-agent/plugins", "/etc/guest-agent/plugins.d"}
 
 // Agent is the agent's whole configuration: agent.hcl with the flags applied over it
@@ -32,7 +32,10 @@ type Agent struct {
 	// RuntimeDir holds the plugin sockets and the frozen flags (default
 	// /run/guest-agent): a tmpfs, so it is never frozen and a reboot
 	// empties it.
-	RuntimeDir string   `hcl:"runtime_dir,optional"`
+	RuntimeDir string `hcl:"runtime_dir,optional"`
+	// PluginDirs are searched for plugins after --plugin-dir and the
+	// directory of guest-agent, in order (the first holding a name wins),
+	// and followed while the agent runs (default DefaultPluginDirs).
 	PluginDirs []string `hcl:"plugin_dirs,optional"`
 	PidFile    string   `hcl:"pidfile,optional"`
 	LogFile    string   `hcl:"logfile,optional"`
@@ -307,6 +310,10 @@ func (l *Limits) Deadlines() (write, requestIdle time.Duration, err error) {
 	requestIdle, err = optionalDuration("request_idle_timeout", l.RequestIdleTimeout)
 	return write, requestIdle, err
 }
+
+// DefaultCommandTimeout is limits.command_timeout unless configured (the
+// parsers apply the same default when given none).
+const DefaultCommandTimeout = 10 * time.Minute
 
 // DefaultFsfreezeMax is how long a freeze may last unless configured.
 const DefaultFsfreezeMax = 10 * time.Minute

@@ -12,6 +12,8 @@ import (
 // readmeConfig is the configuration README.md shows, every option set.
 const readmeConfig = `state_dir           = "/var/lib/guest-agent"  # kept across reboots; may be frozen, so nothing needed while frozen lives here
 runtime_dir         = "/run/guest-agent"      # a tmpfs: plugin sockets, frozen flags (never frozen, emptied by a reboot)
+plugin_dirs         = ["/usr/lib/guest-agent/plugins", "/etc/guest-agent/plugins.d"]  # after --plugin-dir and guest-agent's
+                                                    # own directory; the first holding a name wins; followed at run time
 lazy_start          = true    # command plugins start on their first command
 restart_backoff_max = "5s"    # cap of the delay between restarts of a crashing plugin
 

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/hashicorp/go-hclog"
@@ -24,7 +26,22 @@ type Found struct {
 	Path string
 	// Shadowed lists binaries of the same name in later directories.
 	Shadowed []string
+	// file identifies the binary's content on disk: a replaced file (a
+	// package upgrade renames a new one over it) has another.
+	file fileID
 }
+
+// fileID is what tells two files at one path apart without reading them.
+type fileID struct {
+	dev, ino uint64
+	size     int64
+	mtime    int64 // nanoseconds
+}
+
+// pluginName is what may follow BinaryPrefix: no dot, so that manifests,
+// checksums and the temporary files of package managers (dpkg's
+// .dpkg-new, rpm's ;hash) are never taken for plugins.
+var pluginName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
 
 // Discover lists plugin binaries in dirs, in order: the first directory that
 // has a name wins, as PATH does.
@@ -41,7 +58,8 @@ func Discover(dirs []string) ([]Found, error) {
 		}
 		for _, e := range entries {
 			name := e.Name()
-			if !strings.HasPrefix(name, BinaryPrefix) || strings.HasSuffix(name, ".sha256") || strings.HasSuffix(name, ManifestSuffix) {
+			short, ok := strings.CutPrefix(name, BinaryPrefix)
+			if !ok || !pluginName.MatchString(short) {
 				continue
 			}
 			path := filepath.Join(dir, name)
@@ -49,14 +67,13 @@ func Discover(dirs []string) ([]Found, error) {
 			if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 				continue
 			}
-			short := strings.TrimPrefix(name, BinaryPrefix)
 			if f, ok := byName[short]; ok {
 				if f.Path != path {
 					f.Shadowed = append(f.Shadowed, path)
 				}
 				continue
 			}
-			byName[short] = &Found{Name: short, Path: path}
+			byName[short] = &Found{Name: short, Path: path, file: identifyFile(st)}
 			order = append(order, short)
 		}
 	}
@@ -66,6 +83,14 @@ func Discover(dirs []string) ([]Found, error) {
 		out = append(out, *byName[n])
 	}
 	return out, nil
+}
+
+func identifyFile(st os.FileInfo) fileID {
+	id := fileID{size: st.Size(), mtime: st.ModTime().UnixNano()}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		id.dev, id.ino = sys.Dev, sys.Ino
+	}
+	return id
 }
 
 // infoCache remembers each plugin's Info by binary identity (path, size,

@@ -68,6 +68,19 @@ type Supervisor struct {
 	// handedOver marks channels whose exchange gave its transport to the
 	// parser (a listening socket): such an exchange is stopped while idle.
 	handedOver map[string]bool
+	// nextSeq orders plugins for the registry (see buildRegistry);
+	// nextInstance numbers the plugins taken up at run time (see
+	// dataSocket). Both under mu.
+	nextSeq      int
+	nextInstance int
+	// refused holds the refusals of the last registry, each logged once.
+	refused map[string]bool
+	// draining are plugins whose binary was removed or replaced, finishing
+	// their requests in flight (hotplug.go).
+	draining map[*running]*managed
+	// failed remembers binaries that could not be loaded, so a change in
+	// their directory does not try them again (a new file is tried).
+	failed map[string]fileID
 }
 
 // managed is one plugin under supervision.
@@ -82,15 +95,25 @@ type managed struct {
 	// ("manifest", "cache"); its first start checks it (under mu).
 	believed string
 
+	// seq: a command declared by two plugins stays with the lower seq
+	// (the one loaded first); instance numbers the plugin's data plane
+	// socket (dataSocket). Neither changes.
+	seq      int
+	instance int
+
 	mu        sync.Mutex
 	run       *running
-	dataSock  string
 	crashes   []time.Time
 	nextStart time.Time
+	// dismissed: its binary was removed or replaced; never started again.
+	dismissed bool
+	// warned names the change of a channel plugin's binary last logged.
+	warned string
 }
 
 // New prepares a supervisor; Run starts it.
 func New(opts Options) *Supervisor {
+	opts.PluginDirs = cleanDirs(opts.PluginDirs)
 	lazy := true
 	if opts.Config.LazyStart != nil {
 		lazy = *opts.Config.LazyStart
@@ -110,7 +133,31 @@ func New(opts Options) *Supervisor {
 		exchOf:     map[string]*managed{},
 		inboxes:    map[string]string{},
 		handedOver: map[string]bool{},
+		refused:    map[string]bool{},
+		draining:   map[*running]*managed{},
+		failed:     map[string]fileID{},
 	}
+}
+
+// cleanDirs makes dirs absolute and clean, without empty entries or
+// repetitions, so that events of the directory watch name them as they are.
+func cleanDirs(dirs []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(d); err == nil {
+			d = abs
+		}
+		d = filepath.Clean(d)
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Prepare creates the state and runtime directories and sweeps sockets
@@ -141,10 +188,11 @@ func (s *Supervisor) Prepare() error {
 // else from the info cache, else by launching it. It keeps running the ones
 // it launched only if keepAfterInfo says so.
 //
-// Unless waitAll is set, command plugins with neither a manifest nor a cache
-// entry are learnt in the background once the channels serve (see
-// learnDeferred): a first boot answers its first ping as soon as a warm one
-// does.
+// Unless waitAll is set, plugins with neither a manifest nor a cache entry
+// are learnt in the background once the channels serve (see learnDeferred)
+// when the plugins known already have what every channel needs: a first boot
+// answers its first ping as soon as a warm one does. A plugin's kind is what
+// its Info says, whatever its file is called.
 func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 	found, err := Discover(s.opts.PluginDirs)
 	if err != nil {
@@ -155,38 +203,31 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
+	var unknown []*managed
 	for _, f := range found {
-		pcfg := s.opts.Config.PluginByName(f.Name)
-		if pcfg.Disabled {
-			s.logger.Info("plugin disabled by configuration", "plugin", f.Name)
+		m := s.newManaged(f)
+		if m == nil {
 			continue
 		}
 		for _, sh := range f.Shadowed {
 			s.logger.Info("plugin shadowed by an earlier directory", "plugin", f.Name, "used", f.Path, "ignored", sh)
 		}
-		m := &managed{found: f, cfg: pcfg}
 		s.plugins[f.Name] = m
-		info, err := loadManifest(f.Path, pcfg.Checksum)
-		if err == nil {
-			m.info, m.believed = info, "manifest"
-			continue
+		if m.info, m.believed = s.knownInfo(m); m.info == nil {
+			unknown = append(unknown, m)
 		}
-		if !errors.Is(err, errNoManifest) {
-			s.logger.Warn("plugin manifest ignored: learning what the plugin serves by starting it", "plugin", f.Name, "reason", err)
+	}
+	if !waitAll && s.lazy && s.channelsServed() {
+		// What the others are (a plugin's kind is what its Info says) is
+		// learnt once the channels serve: a first boot answers its first
+		// ping as soon as a warm one does.
+		for _, m := range unknown {
+			delete(s.plugins, m.found.Name)
 		}
-		if pcfg.Checksum == "" {
-			if info := cache.get(f); info != nil {
-				m.info, m.believed = info, "cache"
-				continue
-			}
-		}
-		if !waitAll && s.lazy && strings.HasPrefix(f.Name, "cmd-") {
-			// By the naming convention a command plugin: not needed to
-			// serve a ping.
-			delete(s.plugins, f.Name)
-			s.deferred = append(s.deferred, m)
-			continue
-		}
+		s.deferred, unknown = unknown, nil
+	}
+	for _, m := range unknown {
+		f := m.found
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -201,6 +242,9 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 			defer mu.Unlock()
 			if err != nil {
 				errs = append(errs, fmt.Errorf("plugin %s: %w", f.Name, err))
+				s.mu.Lock()
+				s.failed[f.Name] = f.file
+				s.mu.Unlock()
 				return
 			}
 			cache.put(f, m.info)
@@ -230,8 +274,53 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 	return nil
 }
 
-// learnDeferred launches the command plugins Load left for later, learns
-// what they serve, stops them, and gives the parsers the new routes.
+// newManaged prepares the plugin f for supervision, nil when the
+// configuration disables it.
+func (s *Supervisor) newManaged(f Found) *managed {
+	pcfg := s.opts.Config.PluginByName(f.Name)
+	if pcfg.Disabled {
+		s.logger.Info("plugin disabled by configuration", "plugin", f.Name)
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextSeq++
+	return &managed{found: f, cfg: pcfg, seq: s.nextSeq}
+}
+
+// knownInfo is what m serves as known without starting it: from the
+// manifest beside its binary when that manifest describes it, else from the
+// info cache (never for a pinned plugin). nil: it must be asked.
+func (s *Supervisor) knownInfo(m *managed) (*pb.InfoResponse, string) {
+	info, err := loadManifest(m.found.Path, m.cfg.Checksum)
+	if err == nil {
+		return info, "manifest"
+	}
+	if !errors.Is(err, errNoManifest) {
+		s.logger.Warn("plugin manifest ignored: learning what the plugin serves by starting it", "plugin", m.found.Name, "reason", err)
+	}
+	if m.cfg.Checksum == "" {
+		if info := s.cache.get(m.found); info != nil {
+			return info, "cache"
+		}
+	}
+	return nil, ""
+}
+
+// channelsServed tells whether the plugins known so far have a parser and
+// an exchange for every configured channel.
+func (s *Supervisor) channelsServed() bool {
+	for _, ch := range s.opts.Config.Channels {
+		if s.findKind(pb.Kind_KIND_PARSER, func(i *pb.InfoResponse) bool { return contains(i.Dialects, ch.Dialect) }) == nil ||
+			s.findKind(pb.Kind_KIND_EXCHANGE, func(i *pb.InfoResponse) bool { return contains(i.Methods, ch.Method) }) == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// learnDeferred launches the plugins Load left for later, learns what they
+// serve, stops them, and gives the parsers the new routes.
 func (s *Supervisor) learnDeferred(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, m := range s.deferred {
@@ -245,6 +334,9 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 			}
 			if err != nil {
 				s.logger.Error("plugin not loaded", "plugin", m.found.Name, "error", err)
+				s.mu.Lock()
+				s.failed[m.found.Name] = m.found.file
+				s.mu.Unlock()
 				return
 			}
 			s.cache.put(m.found, m.info)
@@ -338,42 +430,58 @@ func kindName(k pb.Kind) string {
 	return strings.ToLower(strings.TrimPrefix(k.String(), "KIND_"))
 }
 
-// buildRegistry maps every command to one plugin; the first plugin (by name)
-// to declare a command keeps it and duplicates are refused with a log line.
+// buildRegistry maps every command to one plugin (under s.mu). A command
+// declared twice stays with the plugin loaded first (at start, the first by
+// name; a plugin taken up later never takes a command from one that serves
+// it); the other is refused with a log line, once.
 func (s *Supervisor) buildRegistry() {
-	names := make([]string, 0, len(s.plugins))
-	for n := range s.plugins {
-		names = append(names, n)
+	plugins := make([]*managed, 0, len(s.plugins))
+	for _, m := range s.plugins {
+		plugins = append(plugins, m)
 	}
-	sort.Strings(names)
+	sort.Slice(plugins, func(i, j int) bool { return plugins[i].seq < plugins[j].seq })
 	owner := map[string]string{}
+	refused := map[string]bool{}
+	refuse := func(msg, command, plugin string, args ...any) {
+		key := msg + "\x00" + command + "\x00" + plugin
+		refused[key] = true
+		if !s.refused[key] {
+			s.logger.Error(msg, append([]any{"command", command, "plugin", plugin}, args...)...)
+		}
+	}
 	var routes []*pb.Route
-	for _, n := range names {
-		m := s.plugins[n]
+	for _, m := range plugins {
+		n := m.found.Name
 		if m.info.Kind != pb.Kind_KIND_COMMAND {
 			continue
 		}
 		for _, c := range m.info.Commands {
 			if rpcplugin.IsCoreCommand(c.Name) {
-				s.logger.Error("command refused: it is a core command of the agent", "command", c.Name, "plugin", n)
+				refuse("command refused: it is a core command of the agent", c.Name, n)
 				continue
 			}
 			if o, dup := owner[c.Name]; dup {
-				s.logger.Error("duplicate command refused", "command", c.Name, "plugin", n, "served_by", o)
+				refuse("duplicate command refused", c.Name, n, "served_by", o)
 				continue
 			}
 			owner[c.Name] = n
 			routes = append(routes, &pb.Route{
 				Command: c.Name, Plugin: n, Spec: c, Enabled: true,
-				DataplaneSocket: s.dataSocket(n),
+				DataplaneSocket: s.dataSocket(m),
 			})
 		}
 	}
-	s.routes = routes
+	s.routes, s.refused = routes, refused
 }
 
-func (s *Supervisor) dataSocket(plugin string) string {
-	return filepath.Join(s.sockDir, plugin+".sock")
+// dataSocket is where m's data plane listens. A plugin taken up at run time
+// gets a path no earlier instance of its name had, so parsers tell the new
+// binary from the old one still finishing its requests (drain.go).
+func (s *Supervisor) dataSocket(m *managed) string {
+	if m.instance == 0 {
+		return filepath.Join(s.sockDir, m.found.Name+".sock")
+	}
+	return filepath.Join(s.sockDir, fmt.Sprintf("%s.%d.sock", m.found.Name, m.instance))
 }
 
 // Plugins returns what Load found, for `guest-agent plugins`.
@@ -449,9 +557,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 	}
 	s.stopIdleExchanges()
-	if len(s.deferred) > 0 {
-		go s.learnDeferred(ctx)
-	}
+	go s.followPluginDirs(ctx)
 	if !s.lazy {
 		for _, m := range s.plugins {
 			if s.kindOf(m) == pb.Kind_KIND_COMMAND {
@@ -486,7 +592,7 @@ func (s *Supervisor) findKind(kind pb.Kind, match func(*pb.InfoResponse) bool) *
 	sort.Strings(names)
 	for _, n := range names {
 		m := s.plugins[n]
-		if m.info.Kind == kind && match(m.info) {
+		if m.info != nil && m.info.Kind == kind && match(m.info) {
 			return m
 		}
 	}
@@ -510,6 +616,9 @@ func (s *Supervisor) uniq(by map[string]*managed) []*managed {
 func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.dismissed {
+		return nil, fmt.Errorf("plugin %s: its binary was removed or replaced", m.found.Name)
+	}
 	if m.run != nil {
 		select {
 		case <-m.run.exited:
@@ -540,7 +649,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 				OptionsJson:     opts,
 				StateDir:        filepath.Join(s.stateDir, "plugins", m.found.Name),
 				RuntimeDir:      filepath.Join(s.runtimeDir, "plugins", m.found.Name),
-				DataplaneSocket: s.dataSocket(m.found.Name),
+				DataplaneSocket: s.dataSocket(m),
 			})
 		}
 		if err != nil {
@@ -548,7 +657,6 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 			s.noteCrash(m)
 			return nil, fmt.Errorf("configure plugin %s: %w", m.found.Name, err)
 		}
-		m.dataSock = s.dataSocket(m.found.Name)
 	}
 	m.run = r
 	s.watch(m, r)
@@ -829,6 +937,14 @@ func (s *Supervisor) stopAll() {
 			go func() { defer wg.Done(); s.stopPlugin(m, r, "agent stopping") }()
 		}
 	}
+	s.mu.Lock()
+	draining := s.draining
+	s.draining = map[*running]*managed{}
+	s.mu.Unlock()
+	for r, m := range draining {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.stopPlugin(m, r, "agent stopping (it was finishing its requests)") }()
+	}
 	wg.Wait()
 }
 
@@ -871,7 +987,7 @@ func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedReq
 	if _, err := h.s.ensureRunning(ctx, m); err != nil {
 		return nil, err
 	}
-	return &pb.EnsureStartedResponse{DataplaneSocket: h.s.dataSocket(req.Plugin)}, nil
+	return &pb.EnsureStartedResponse{DataplaneSocket: h.s.dataSocket(m)}, nil
 }
 
 // Shutdown stops every plugin started by Load (when Run is not used).

@@ -37,6 +37,10 @@ func TestDiscoverOrderAndShadowing(t *testing.T) {
 	write(second, "guest-agent-cmd-b", 0o755)
 	write(second, "guest-agent-cmd-noexec", 0o644)
 	write(second, "other-binary", 0o755)
+	// A package manager's temporary files and a manifest are not plugins.
+	write(second, "guest-agent-cmd-b.dpkg-new", 0o755)
+	write(second, "guest-agent-cmd-b;5f3e2a1c", 0o755)
+	write(second, "guest-agent-cmd-b.manifest", 0o644)
 	found, err := Discover([]string{first, filepath.Join(first, "missing"), second})
 	if err != nil {
 		t.Fatal(err)
