@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -287,5 +288,42 @@ func TestKindFromInfoNotFileName(t *testing.T) {
 	learnt := strings.Index(log, "plugin started to learn what it serves: plugin=thirdparty")
 	if ready < 0 || learnt < ready {
 		t.Errorf("thirdparty (no manifest) should be learnt after the agent is ready (ready at %d, learnt at %d)", ready, learnt)
+	}
+}
+
+// A pinned plugin (checksum in agent.hcl) replaced by a binary that does not
+// match its pin is refused as at start: its commands are unrouted, with a log
+// line, and the old instance finishes its requests and exits.
+func TestHotReplaceRespectsChecksumPin(t *testing.T) {
+	dir := manifestDir(t)
+	bin := filepath.Join(dir, "guest-agent-cmd-test")
+	copyExecutable(t, filepath.Join(pluginDir, "guest-agent-cmd-test"), bin)
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(harness.ShortTempDir(t), "qga.sock")
+	a := harness.StartAgent(t, harness.Options{
+		PluginDir: dir,
+		Config:    fmt.Sprintf("plugin \"cmd-test\" {\n  checksum = %q\n}\n", fmt.Sprintf("%x", sha256.Sum256(b))),
+		Args:      []string{"-m", "unix-listen", "-p", sock},
+	})
+	harness.WaitForPing(t, sock, 10*time.Second)
+	c := harness.MustDial(t, sock)
+	old := testVersion(t, c)
+
+	install(t, testPluginV2, dir, "guest-agent-cmd-test")
+	waitLog(t, a, "plugins changed", "the replaced binary was not looked at")
+	if !regexp.MustCompile(`plugin not loaded: plugin=cmd-test .*checksum mismatch`).MatchString(a.Log.String()) {
+		t.Errorf("no log line refusing the binary that does not match the pin")
+	}
+	if r, _ := harness.Decode(t, call(t, c, `{"execute":"test-version"}`)); r.Error == nil || r.Error.Class != "CommandNotFound" {
+		t.Errorf("test-version after an unpinned replacement: want CommandNotFound, got %+v", r)
+	}
+	waitGone(t, old.PID, 5*time.Second, "the pinned plugin's old instance")
+	for _, pid := range harness.Children(a.Cmd.Process.Pid) {
+		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-cmd-test") {
+			t.Errorf("a cmd-test process runs after its replacement was refused: %d", pid)
+		}
 	}
 }
