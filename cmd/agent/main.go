@@ -27,10 +27,10 @@ var version = "dev"
 
 // flags are qemu-ga's, plus the plugin directory.
 type flags struct {
-	method, path, stateDir, runtimeDir, pidFile, logFile, configPath, fsfreezeHook string
-	blockRPCs, allowRPCs                                                           []string
-	pluginDirs                                                                     []string
-	verbose, showVersion, dumpConf, retryPath                                      bool
+	method, path, dialect, stateDir, runtimeDir, pidFile, logFile, configPath, fsfreezeHook string
+	blockRPCs, allowRPCs                                                                    []string
+	pluginDirs                                                                              []string
+	verbose, showVersion, dumpConf, retryPath                                               bool
 }
 
 func main() {
@@ -77,6 +77,7 @@ its own.`,
 	pf := root.PersistentFlags()
 	pf.StringVarP(&f.method, "method", "m", "", "transport method: virtio-serial, isa-serial, unix-listen, vsock-listen, xenstore (default virtio-serial)")
 	pf.StringVarP(&f.path, "path", "p", "", "device or socket path (default /dev/virtio-ports/org.qemu.guest_agent.0)")
+	pf.StringVar(&f.dialect, "dialect", "", "dialect of the flags' channel: qga (default; nova for xenstore), negotiator (-m virtio-serial -p negotiator-host-to-guest.0)")
 	pf.StringVarP(&f.stateDir, "statedir", "t", "", "state directory (default /var/lib/guest-agent)")
 	pf.StringVar(&f.runtimeDir, "runtime-dir", "", "runtime directory: plugin sockets, frozen flags (default /run/guest-agent; keep it on a tmpfs)")
 	pf.StringVarP(&f.pidFile, "pidfile", "f", "", "pid file")
@@ -156,7 +157,7 @@ func effectiveConfig(f *flags) (*config.Agent, error) {
 	if f.verbose {
 		cfg.LogLevel = "debug"
 	}
-	if f.method != "" || f.path != "" || len(cfg.Channels) == 0 {
+	if f.method != "" || f.path != "" || f.dialect != "" || len(cfg.Channels) == 0 {
 		ch := flagChannel(f)
 		kept := cfg.Channels[:0]
 		for _, c := range cfg.Channels {
@@ -196,6 +197,9 @@ func flagChannel(f *flags) config.Channel {
 		}
 	case "xenstore":
 		ch.Name, ch.Dialect = "nova", "nova"
+	}
+	if f.dialect != "" {
+		ch.Name, ch.Dialect = f.dialect, f.dialect
 	}
 	if f.retryPath {
 		ch.Options = config.WithOption(ch.Options, "retry_path", cty.True)
