@@ -33,7 +33,9 @@ func Serve(ctx context.Context, conn net.Conn, svc Service, o ServeOptions) erro
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	r := bufio.NewReaderSize(conn, 64<<10)
+	// A small buffer: a daemon holds one per guest, idle most of the
+	// time, and a body is read straight into its own slice anyway.
+	r := bufio.NewReaderSize(conn, 4<<10)
 	for {
 		// Idle between requests for as long as the peer likes.
 		if err := conn.SetReadDeadline(time.Time{}); err != nil {
