@@ -201,4 +201,3 @@ func procStatus(pid int) (rss, threads int) {
 	}
 	return rss, threads
 }
-
