@@ -171,7 +171,14 @@ func (e *Exchange) openVirtio(ctx context.Context, ch sdk.Channel, out *session.
 		p.watch.add(p.dirs()...)
 	}
 	resolved := p.target.path
-	if err := p.acquire(ctx); err != nil {
+	err = p.acquire(ctx)
+	if err != nil && ch.WaitForDevice && errors.Is(err, os.ErrNotExist) && p.watch != nil {
+		// Lost after a hand-over: the parser has no port until it is
+		// back, and the supervisor waits for this answer.
+		p.log.Info("waiting for the virtio-serial port to come back", "target", p.target.String(), "reason", err)
+		err = waitFor(ctx, p.log, p.watch, p.dirs, func() error { return p.acquire(ctx) })
+	}
+	if err != nil {
 		if !opts.RetryPath || !errors.Is(err, os.ErrNotExist) || p.watch == nil {
 			p.stop()
 			return "", err

@@ -64,7 +64,12 @@ func (e *Engine) serveFeed(feed *session.Feed, st *channelState) {
 			if ev.WatchHost {
 				// Not tied to this feed: the exchange is done with it.
 				go e.watchHost(st, f, s)
-				go e.serveStream(context.Background(), st, s)
+				go func() {
+					e.serveStream(context.Background(), st, s)
+					// Only the port failing ends it (unplugged): nothing
+					// else here would ever open it again.
+					e.reopenChannel(st.cfg.Name, "the handed-over port ended (unplugged?)")
+				}()
 				continue
 			}
 			if ev.Persistent {

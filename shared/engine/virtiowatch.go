@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/signal"
 
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,5 +89,20 @@ func (e *Engine) watchHost(st *channelState, f *os.File, s *streamSession) {
 			// watch does). up stays false: the next connect is a change.
 			s.hostEvent(true)
 		}
+	}
+}
+
+// reopenChannel asks the supervisor to have a channel whose port was handed
+// over opened again by its exchange, which waits for the device to return.
+func (e *Engine) reopenChannel(channel, reason string) {
+	host := e.hostClient()
+	if host == nil {
+		e.logger.Error("channel lost and no supervisor to reopen it", "channel", channel, "reason", reason)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if _, err := host.ReopenChannel(ctx, &pb.ReopenChannelRequest{Channel: channel, Reason: reason}); err != nil {
+		e.logger.Error("channel lost and the supervisor could not be asked to reopen it", "channel", channel, "reason", reason, "error", err)
 	}
 }

@@ -21,6 +21,11 @@ type Channel struct {
 	Path    string
 	Options json.RawMessage
 	Logger  hclog.Logger
+	// WaitForDevice: the channel was lost after a hand-over (its device
+	// unplugged). Open waits for the device to come back and returns once
+	// it is served again, whatever the channel's retry option says;
+	// methods without a device ignore it.
+	WaitForDevice bool
 }
 
 // DecodeOptions decodes the channel's method options.
@@ -95,7 +100,8 @@ func (s *exchangeServer) OpenChannel(_ context.Context, req *pb.OpenChannelReque
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := Channel{
 		Name: req.Channel, Method: req.Method, Path: req.Path, Options: req.OptionsJson,
-		Logger: s.p.Logger.With("channel", req.Channel, "method", req.Method),
+		Logger:        s.p.Logger.With("channel", req.Channel, "method", req.Method),
+		WaitForDevice: req.WaitForDevice,
 	}
 	resolved, err := s.p.Exchange.Open(ctx, ch, out)
 	if err != nil {

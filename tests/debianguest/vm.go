@@ -1,12 +1,10 @@
 package debianguest
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -349,55 +347,5 @@ func (vm *VM) GuestInfo(limit time.Duration) (Info, error) {
 
 // QMPCommand runs one QMP command on a connection of its own.
 func (vm *VM) QMPCommand(execute string, args any) (json.RawMessage, error) {
-	c, err := net.DialTimeout("unix", vm.QMP, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
-		return nil, err
-	}
-	r := bufio.NewReader(c)
-	if _, err := r.ReadString('\n'); err != nil { // the greeting
-		return nil, err
-	}
-	send := func(cmd string, args any) (json.RawMessage, error) {
-		req := map[string]any{"execute": cmd}
-		if args != nil {
-			req["arguments"] = args
-		}
-		b, _ := json.Marshal(req)
-		if _, err := c.Write(append(b, '\n')); err != nil {
-			return nil, err
-		}
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return nil, err
-			}
-			var m struct {
-				Return json.RawMessage `json:"return"`
-				Error  *struct {
-					Class string `json:"class"`
-					Desc  string `json:"desc"`
-				} `json:"error"`
-				Event string `json:"event"`
-			}
-			if err := json.Unmarshal([]byte(line), &m); err != nil {
-				return nil, fmt.Errorf("qmp %q: %v", line, err)
-			}
-			switch {
-			case m.Event != "":
-				continue
-			case m.Error != nil:
-				return nil, fmt.Errorf("qmp %s: %s: %s", cmd, m.Error.Class, m.Error.Desc)
-			default:
-				return m.Return, nil
-			}
-		}
-	}
-	if _, err := send("qmp_capabilities", nil); err != nil {
-		return nil, err
-	}
-	return send(execute, args)
+	return harness.QMP(vm.QMP, execute, args)
 }

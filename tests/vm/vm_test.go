@@ -60,6 +60,7 @@ func buildInitramfs(t *testing.T, kver, bin string) string {
 type vmInstance struct {
 	cmd     *exec.Cmd
 	socket  string
+	qmp     string // the QEMU monitor: the port is unplugged and plugged again
 	console *harness.SyncBuffer
 }
 
@@ -76,7 +77,7 @@ func bootVM(t *testing.T) *vmInstance {
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "gadata", disk, "32M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4 (install e2fsprogs): %v\n%s", err, out)
 	}
-	vm := &vmInstance{socket: filepath.Join(dir, "qga.sock"), console: &harness.SyncBuffer{}}
+	vm := &vmInstance{socket: filepath.Join(dir, "qga.sock"), qmp: filepath.Join(dir, "qmp.sock"), console: &harness.SyncBuffer{}}
 	vm.cmd = exec.Command("qemu-system-x86_64",
 		"-accel", "tcg", "-m", "1024", "-smp", "1",
 		"-nographic", "-no-reboot", "-nodefaults",
@@ -84,8 +85,9 @@ func bootVM(t *testing.T) *vmInstance {
 		"-append", "console=ttyS0 panic=-1 quiet loglevel=3",
 		"-serial", "stdio",
 		"-chardev", "socket,path="+vm.socket+",server=on,wait=off,id=qga0",
-		"-device", "virtio-serial-pci",
-		"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+		"-qmp", "unix:"+vm.qmp+",server=on,wait=off",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0,id="+portID,
 		"-drive", "file="+disk+",if=virtio,format=raw",
 	)
 	vm.cmd.Stdout, vm.cmd.Stderr = vm.console, vm.console
@@ -215,6 +217,7 @@ func TestVMVirtioSerial(t *testing.T) {
 
 	t.Run("fire and forget", func(t *testing.T) { checkFireAndForget(t, vm) })
 	t.Run("reconnect storm", func(t *testing.T) { checkReconnectStorm(t, vm) })
+	t.Run("port unplugged and plugged again", func(t *testing.T) { checkReplug(t, vm) })
 
 	copyStart := time.Now()
 	t.Run("file copy", func(t *testing.T) { checkFileCopy(t, vm) })

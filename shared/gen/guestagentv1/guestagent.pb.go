@@ -1199,12 +1199,16 @@ func (x *RetireResponse) GetBusy() string {
 }
 
 type OpenChannelRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`                            // channel name from the configuration
-	Method        string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`                              // virtio-serial, isa-serial, unix-listen, vsock-listen, xenstore
-	Path          string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`                                  // device, socket path, port...
-	OptionsJson   []byte                 `protobuf:"bytes,4,opt,name=options_json,json=optionsJson,proto3" json:"options_json,omitempty"` // method options (socket mode, owner, group...)
-	InboxSocket   string                 `protobuf:"bytes,5,opt,name=inbox_socket,json=inboxSocket,proto3" json:"inbox_socket,omitempty"` // where to hand sessions
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Channel     string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`                            // channel name from the configuration
+	Method      string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`                              // virtio-serial, isa-serial, unix-listen, vsock-listen, xenstore
+	Path        string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`                                  // device, socket path, port...
+	OptionsJson []byte                 `protobuf:"bytes,4,opt,name=options_json,json=optionsJson,proto3" json:"options_json,omitempty"` // method options (socket mode, owner, group...)
+	InboxSocket string                 `protobuf:"bytes,5,opt,name=inbox_socket,json=inboxSocket,proto3" json:"inbox_socket,omitempty"` // where to hand sessions
+	// Added in 1.3. The channel was lost (its device unplugged after the
+	// exchange handed it over): OpenChannel waits for the device to come
+	// back and returns once it is served again, whatever retry_path says.
+	WaitForDevice bool `protobuf:"varint,6,opt,name=wait_for_device,json=waitForDevice,proto3" json:"wait_for_device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1272,6 +1276,13 @@ func (x *OpenChannelRequest) GetInboxSocket() string {
 		return x.InboxSocket
 	}
 	return ""
+}
+
+func (x *OpenChannelRequest) GetWaitForDevice() bool {
+	if x != nil {
+		return x.WaitForDevice
+	}
+	return false
 }
 
 type OpenChannelResponse struct {
@@ -2212,6 +2223,98 @@ func (x *ReleaseResponse) GetStopped() bool {
 	return false
 }
 
+// Added in 1.3. A session the exchange handed over for good (a
+// virtio-serial port with its host watch) has ended although the parser
+// still runs: the device is gone. The supervisor has the channel reopened
+// by its exchange, which waits for the device to come back.
+type ReopenChannelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // for the log
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReopenChannelRequest) Reset() {
+	*x = ReopenChannelRequest{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReopenChannelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReopenChannelRequest) ProtoMessage() {}
+
+func (x *ReopenChannelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReopenChannelRequest.ProtoReflect.Descriptor instead.
+func (*ReopenChannelRequest) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ReopenChannelRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ReopenChannelRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ReopenChannelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReopenChannelResponse) Reset() {
+	*x = ReopenChannelResponse{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReopenChannelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReopenChannelResponse) ProtoMessage() {}
+
+func (x *ReopenChannelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReopenChannelResponse.ProtoReflect.Descriptor instead.
+func (*ReopenChannelResponse) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{32}
+}
+
 var File_guestagent_v1_guestagent_proto protoreflect.FileDescriptor
 
 const file_guestagent_v1_guestagent_proto_rawDesc = "" +
@@ -2299,13 +2402,14 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\rdrain_wait_ms\x18\x01 \x01(\x03R\vdrainWaitMs\">\n" +
 	"\x0eRetireResponse\x12\x18\n" +
 	"\aretired\x18\x01 \x01(\bR\aretired\x12\x12\n" +
-	"\x04busy\x18\x02 \x01(\tR\x04busy\"\xa0\x01\n" +
+	"\x04busy\x18\x02 \x01(\tR\x04busy\"\xc8\x01\n" +
 	"\x12OpenChannelRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12!\n" +
 	"\foptions_json\x18\x04 \x01(\fR\voptionsJson\x12!\n" +
-	"\finbox_socket\x18\x05 \x01(\tR\vinboxSocket\"[\n" +
+	"\finbox_socket\x18\x05 \x01(\tR\vinboxSocket\x12&\n" +
+	"\x0fwait_for_device\x18\x06 \x01(\bR\rwaitForDevice\"[\n" +
 	"\x13OpenChannelResponse\x12#\n" +
 	"\rresolved_path\x18\x01 \x01(\tR\fresolvedPath\x12\x1f\n" +
 	"\vhanded_over\x18\x02 \x01(\bR\n" +
@@ -2368,7 +2472,11 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x0eReleaseRequest\x12\x16\n" +
 	"\x06plugin\x18\x01 \x01(\tR\x06plugin\"+\n" +
 	"\x0fReleaseResponse\x12\x18\n" +
-	"\astopped\x18\x01 \x01(\bR\astopped*R\n" +
+	"\astopped\x18\x01 \x01(\bR\astopped\"H\n" +
+	"\x14ReopenChannelRequest\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x17\n" +
+	"\x15ReopenChannelResponse*R\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rKIND_EXCHANGE\x10\x01\x12\x0f\n" +
@@ -2390,10 +2498,11 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\fCloseChannel\x12\".guestagent.v1.CloseChannelRequest\x1a#.guestagent.v1.CloseChannelResponse2\xbd\x01\n" +
 	"\x06Parser\x12Z\n" +
 	"\tConfigure\x12%.guestagent.v1.ConfigureParserRequest\x1a&.guestagent.v1.ConfigureParserResponse\x12W\n" +
-	"\fParseRequest\x12\".guestagent.v1.ParseRequestRequest\x1a#.guestagent.v1.ParseRequestResponse2\xac\x01\n" +
+	"\fParseRequest\x12\".guestagent.v1.ParseRequestRequest\x1a#.guestagent.v1.ParseRequestResponse2\x88\x02\n" +
 	"\x04Host\x12Z\n" +
 	"\rEnsureStarted\x12#.guestagent.v1.EnsureStartedRequest\x1a$.guestagent.v1.EnsureStartedResponse\x12H\n" +
-	"\aRelease\x12\x1d.guestagent.v1.ReleaseRequest\x1a\x1e.guestagent.v1.ReleaseResponseB<Z:github.com/guest-agent/guest-agent/shared/gen/guestagentv1b\x06proto3"
+	"\aRelease\x12\x1d.guestagent.v1.ReleaseRequest\x1a\x1e.guestagent.v1.ReleaseResponse\x12Z\n" +
+	"\rReopenChannel\x12#.guestagent.v1.ReopenChannelRequest\x1a$.guestagent.v1.ReopenChannelResponseB<Z:github.com/guest-agent/guest-agent/shared/gen/guestagentv1b\x06proto3"
 
 var (
 	file_guestagent_v1_guestagent_proto_rawDescOnce sync.Once
@@ -2408,7 +2517,7 @@ func file_guestagent_v1_guestagent_proto_rawDescGZIP() []byte {
 }
 
 var file_guestagent_v1_guestagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(Kind)(0),                        // 0: guestagent.v1.Kind
 	(FreezeState)(0),                 // 1: guestagent.v1.FreezeState
@@ -2443,6 +2552,8 @@ var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(*EnsureStartedResponse)(nil),    // 30: guestagent.v1.EnsureStartedResponse
 	(*ReleaseRequest)(nil),           // 31: guestagent.v1.ReleaseRequest
 	(*ReleaseResponse)(nil),          // 32: guestagent.v1.ReleaseResponse
+	(*ReopenChannelRequest)(nil),     // 33: guestagent.v1.ReopenChannelRequest
+	(*ReopenChannelResponse)(nil),    // 34: guestagent.v1.ReopenChannelResponse
 }
 var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	0,  // 0: guestagent.v1.InfoResponse.kind:type_name -> guestagent.v1.Kind
@@ -2470,19 +2581,21 @@ var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	27, // 22: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
 	29, // 23: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
 	31, // 24: guestagent.v1.Host.Release:input_type -> guestagent.v1.ReleaseRequest
-	3,  // 25: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
-	6,  // 26: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
-	8,  // 27: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
-	14, // 28: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
-	16, // 29: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
-	18, // 30: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
-	20, // 31: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
-	26, // 32: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
-	28, // 33: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
-	30, // 34: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
-	32, // 35: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
+	33, // 25: guestagent.v1.Host.ReopenChannel:input_type -> guestagent.v1.ReopenChannelRequest
+	3,  // 26: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
+	6,  // 27: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
+	8,  // 28: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
+	14, // 29: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
+	16, // 30: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
+	18, // 31: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
+	20, // 32: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
+	26, // 33: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
+	28, // 34: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
+	30, // 35: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
+	32, // 36: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
+	34, // 37: guestagent.v1.Host.ReopenChannel:output_type -> guestagent.v1.ReopenChannelResponse
+	26, // [26:38] is the sub-list for method output_type
+	14, // [14:26] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -2499,7 +2612,7 @@ func file_guestagent_v1_guestagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestagent_v1_guestagent_proto_rawDesc), len(file_guestagent_v1_guestagent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -636,6 +636,7 @@ var Parser_ServiceDesc = grpc.ServiceDesc{
 const (
 	Host_EnsureStarted_FullMethodName = "/guestagent.v1.Host/EnsureStarted"
 	Host_Release_FullMethodName       = "/guestagent.v1.Host/Release"
+	Host_ReopenChannel_FullMethodName = "/guestagent.v1.Host/ReopenChannel"
 )
 
 // HostClient is the client API for Host service.
@@ -645,6 +646,8 @@ type HostClient interface {
 	EnsureStarted(ctx context.Context, in *EnsureStartedRequest, opts ...grpc.CallOption) (*EnsureStartedResponse, error)
 	// Added in 1.3.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// Added in 1.3.
+	ReopenChannel(ctx context.Context, in *ReopenChannelRequest, opts ...grpc.CallOption) (*ReopenChannelResponse, error)
 }
 
 type hostClient struct {
@@ -675,6 +678,16 @@ func (c *hostClient) Release(ctx context.Context, in *ReleaseRequest, opts ...gr
 	return out, nil
 }
 
+func (c *hostClient) ReopenChannel(ctx context.Context, in *ReopenChannelRequest, opts ...grpc.CallOption) (*ReopenChannelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReopenChannelResponse)
+	err := c.cc.Invoke(ctx, Host_ReopenChannel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServer is the server API for Host service.
 // All implementations must embed UnimplementedHostServer
 // for forward compatibility.
@@ -682,6 +695,8 @@ type HostServer interface {
 	EnsureStarted(context.Context, *EnsureStartedRequest) (*EnsureStartedResponse, error)
 	// Added in 1.3.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// Added in 1.3.
+	ReopenChannel(context.Context, *ReopenChannelRequest) (*ReopenChannelResponse, error)
 	mustEmbedUnimplementedHostServer()
 }
 
@@ -697,6 +712,9 @@ func (UnimplementedHostServer) EnsureStarted(context.Context, *EnsureStartedRequ
 }
 func (UnimplementedHostServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedHostServer) ReopenChannel(context.Context, *ReopenChannelRequest) (*ReopenChannelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReopenChannel not implemented")
 }
 func (UnimplementedHostServer) mustEmbedUnimplementedHostServer() {}
 func (UnimplementedHostServer) testEmbeddedByValue()              {}
@@ -755,6 +773,24 @@ func _Host_Release_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Host_ReopenChannel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReopenChannelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServer).ReopenChannel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Host_ReopenChannel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServer).ReopenChannel(ctx, req.(*ReopenChannelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Host_ServiceDesc is the grpc.ServiceDesc for Host service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -769,6 +805,10 @@ var Host_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Release",
 			Handler:    _Host_Release_Handler,
+		},
+		{
+			MethodName: "ReopenChannel",
+			Handler:    _Host_ReopenChannel_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -864,6 +864,12 @@ func msOrNone(d time.Duration) int64 {
 }
 
 func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
+	return s.openChannelWith(ctx, ch, false)
+}
+
+// openChannelWith opens a channel through its exchange; waitForDevice
+// (a channel lost after a hand-over) returns only once the device is back.
+func (s *Supervisor) openChannelWith(ctx context.Context, ch config.Channel, waitForDevice bool) error {
 	exch := s.exchOf[ch.Name]
 	r, err := s.ensureRunning(ctx, exch)
 	if err != nil {
@@ -878,6 +884,7 @@ func (s *Supervisor) openChannel(ctx context.Context, ch config.Channel) error {
 	s.mu.Unlock()
 	resp, err := r.clients.Exchange.OpenChannel(ctx, &pb.OpenChannelRequest{
 		Channel: ch.Name, Method: ch.Method, Path: ch.Path, OptionsJson: opts, InboxSocket: inbox,
+		WaitForDevice: waitForDevice,
 	})
 	if err != nil {
 		return fmt.Errorf("open channel %s (%s %s): %w", ch.Name, ch.Method, ch.Path, err)
