@@ -86,7 +86,7 @@ func (s *commandServer) drainOnSIGTERM(shutdown func()) {
 			s.listener.Close()
 		}
 		s.mu.Unlock()
-		s.p.Logger.Info("stopping: finishing the requests in flight")
+		s.p.Logger.Debug("stopping: finishing the requests in flight")
 		<-s.running.drained()
 		shutdown()
 		os.Exit(0)

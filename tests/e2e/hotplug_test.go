@@ -285,7 +285,7 @@ func TestKindFromInfoNotFileName(t *testing.T) {
 	}
 	log := a.Log.String()
 	ready := strings.Index(log, "agent ready")
-	learnt := strings.Index(log, "plugin started to learn what it serves: plugin=thirdparty")
+	learnt := strings.Index(log, "plugin asked what it serves: started once, then stopped: plugin=thirdparty")
 	if ready < 0 || learnt < ready {
 		t.Errorf("thirdparty (no manifest) should be learnt after the agent is ready (ready at %d, learnt at %d)", ready, learnt)
 	}
@@ -325,5 +325,48 @@ func TestHotReplaceRespectsChecksumPin(t *testing.T) {
 		if strings.HasSuffix(harness.Cmdline(pid), "guest-agent-cmd-test") {
 			t.Errorf("a cmd-test process runs after its replacement was refused: %d", pid)
 		}
+	}
+}
+
+// processOf returns the pid of the agent's child running binary name.
+func processOf(t *testing.T, a *harness.Agent, name string) int {
+	t.Helper()
+	for _, pid := range harness.Children(a.Cmd.Process.Pid) {
+		if filepath.Base(harness.Cmdline(pid)) == name {
+			return pid
+		}
+	}
+	return 0
+}
+
+// The channel's parser upgraded (renamed over): it is restarted on the new
+// file and the channel reopened, as after a parser crash; hosts reconnect
+// and everything serves. An upgraded exchange whose parser serves its
+// listening socket is only noted: its next start uses the new file.
+func TestHotReplaceParserRestartsItsChannel(t *testing.T) {
+	a, sock, dir := hotAgent(t, nil)
+	before := processOf(t, a, "guest-agent-parser-json")
+	if before == 0 {
+		t.Fatal("no parser-json process")
+	}
+	install(t, filepath.Join(harness.BinDir(t), "guest-agent-parser-json"), dir, "guest-agent-parser-json")
+	waitLog(t, a, "channels restored after plugin restart", "the channel was not reopened on the new parser")
+	if !strings.Contains(a.Log.String(), "plugin binary replaced: restarting it and reopening its channels: plugin=parser-json kind=parser") {
+		t.Errorf("no log line saying the parser is restarted on its new binary")
+	}
+	after := processOf(t, a, "guest-agent-parser-json")
+	if after == 0 || after == before || harness.Alive(before) {
+		t.Errorf("parser-json: pid %d before, %d after (old alive: %v)", before, after, harness.Alive(before))
+	}
+	harness.WaitForPing(t, sock, 5*time.Second)
+	c := harness.MustDial(t, sock)
+	if r, _ := harness.Decode(t, call(t, c, `{"execute":"guest-get-host-name"}`)); r.Error != nil {
+		t.Errorf("a plugin command through the new parser: %+v", r.Error)
+	}
+
+	install(t, filepath.Join(harness.BinDir(t), "guest-agent-exchange-virtio"), dir, "guest-agent-exchange-virtio")
+	waitLog(t, a, "plugin binary replaced: its next start uses it: plugin=exchange-virtio", "the idle exchange's new binary was not noted")
+	if r, _ := harness.Decode(t, call(t, c, `{"execute":"guest-ping"}`)); r.Error != nil {
+		t.Errorf("guest-ping after the exchange's upgrade: %+v", r.Error)
 	}
 }

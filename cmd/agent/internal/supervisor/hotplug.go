@@ -26,7 +26,9 @@ import (
 //   - A replaced binary (dpkg and rpm rename the new file over the old) is
 //     learnt afresh, with the checksum pin and manifest rules of a start, and
 //     routed to a new instance on a new data plane socket; the old instance
-//     finishes its requests in flight on its own socket and exits.
+//     finishes its requests in flight on its own socket and exits. A
+//     channel's parser or exchange is restarted on the new binary and its
+//     channels reopened (replaceChannelPlugin).
 
 // rescan brings the plugins under supervision in line with the plugin
 // directories.
@@ -70,7 +72,7 @@ func (s *Supervisor) rescan(ctx context.Context) {
 			dismissed = append(dismissed, dismissal{m, "its binary was removed"})
 		case f.Path != m.found.Path || f.file != m.found.file:
 			if s.servesChannel(m) {
-				s.warnChannelPlugin(m, "replaced")
+				s.replaceChannelPlugin(ctx, m, f)
 				continue
 			}
 			if n := s.takeUp(ctx, f, m); n != nil {
@@ -125,7 +127,7 @@ func (s *Supervisor) rescan(ctx context.Context) {
 			}
 		}
 	}
-	s.logger.Info("plugins changed", "added", len(added), "dropped", len(dismissed), "commands", commands)
+	s.logger.Debug("plugins changed", "added", len(added), "dropped", len(dismissed), "commands", commands)
 }
 
 type dismissal struct {
@@ -179,16 +181,12 @@ func (s *Supervisor) takeUp(ctx context.Context, f Found, replaces *managed) *ma
 
 // learnByStarting starts m once to ask what it serves, and stops it.
 func (s *Supervisor) learnByStarting(ctx context.Context, m *managed) error {
-	r, err := s.launch(m, "to learn what it serves")
+	r, info, err := s.ask(ctx, m)
 	if err != nil {
 		return err
 	}
-	m.info, err = r.info(ctx)
-	if err != nil {
-		s.stopPlugin(m, r, "Info failed")
-		return fmt.Errorf("info: %w", err)
-	}
-	s.stopPlugin(m, r, "learnt what it serves")
+	m.info = info
+	s.asked(m, r)
 	s.cache.put(m.found, m.info)
 	return nil
 }
@@ -204,8 +202,8 @@ func (s *Supervisor) servesChannel(m *managed) bool {
 	return false
 }
 
-// warnChannelPlugin says, once per change, that a channel's parser or
-// exchange binary changed: the channels keep the running instance.
+// warnChannelPlugin says, once, that the binary of a channel's parser or
+// exchange was removed: the channels keep the running instance.
 func (s *Supervisor) warnChannelPlugin(m *managed, what string) {
 	m.mu.Lock()
 	warned := m.warned == what
@@ -215,6 +213,77 @@ func (s *Supervisor) warnChannelPlugin(m *managed, what string) {
 		s.logger.Warn("binary of a channel's plugin "+what+": its channels keep the instance they have until the agent restarts",
 			"plugin", m.found.Name, "kind", kindName(m.info.Kind), "path", m.found.Path)
 	}
+}
+
+// replaceChannelPlugin restarts a channel's parser or exchange on its new
+// binary f, learnt as at start (pin, manifest), and reopens its channels:
+// their sessions end, as when the plugin crashes, and hosts resynchronise.
+// An exchange stopped while its parser serves its channels (a handed-over
+// listener) is only told where its binary is now. A new binary that cannot
+// be loaded, or does not serve the channels, leaves the running instance.
+func (s *Supervisor) replaceChannelPlugin(ctx context.Context, m *managed, f Found) {
+	s.mu.Lock()
+	failed := s.failed[f.Name] == f.file
+	s.mu.Unlock()
+	if failed {
+		return
+	}
+	probe := &managed{found: f, cfg: m.cfg}
+	var err error
+	if probe.info, probe.believed = s.knownInfo(probe); probe.info == nil {
+		err = s.learnByStarting(ctx, probe)
+	}
+	if err == nil && !s.servesChannelsOf(m, probe.info) {
+		err = fmt.Errorf("it does not serve the channels of the one it replaces (%s %s)", kindName(probe.info.Kind), probe.info.Version)
+	}
+	if err != nil {
+		s.logger.Error("replaced binary of a channel's plugin not loaded: its channels keep the running instance",
+			"plugin", f.Name, "path", f.Path, "error", err)
+		s.mu.Lock()
+		s.failed[f.Name] = f.file
+		s.mu.Unlock()
+		return
+	}
+	m.mu.Lock()
+	m.found.Path, m.found.file = f.Path, f.file
+	m.believed = probe.believed
+	m.crashes, m.nextStart = nil, time.Time{}
+	r := m.run
+	m.run = nil // an intended stop, not a crash
+	s.mu.Lock()
+	was := m.info.Version
+	m.info = probe.info
+	s.mu.Unlock()
+	m.mu.Unlock()
+	kind := m.info.Kind
+	if r == nil && kind == pb.Kind_KIND_EXCHANGE {
+		s.logger.Info("plugin binary replaced: its next start uses it", "plugin", f.Name, "kind", kindName(kind),
+			"version", m.info.Version, "was", was, "path", f.Path)
+		return
+	}
+	s.logger.Info("plugin binary replaced: restarting it and reopening its channels", "plugin", f.Name, "kind", kindName(kind),
+		"version", m.info.Version, "was", was, "path", f.Path)
+	if r != nil {
+		s.stopPlugin(m, r, "its binary was replaced")
+	}
+	if kind == pb.Kind_KIND_PARSER {
+		s.recoverChannels(m, nil)
+	} else {
+		s.recoverChannels(nil, m)
+	}
+}
+
+// servesChannelsOf tells whether info serves the channels m serves.
+func (s *Supervisor) servesChannelsOf(m *managed, info *pb.InfoResponse) bool {
+	for _, ch := range s.channels {
+		if s.parserOf[ch.Name] == m && (info.Kind != pb.Kind_KIND_PARSER || !contains(info.Dialects, ch.Dialect)) {
+			return false
+		}
+		if s.exchOf[ch.Name] == m && (info.Kind != pb.Kind_KIND_EXCHANGE || !contains(info.Methods, ch.Method)) {
+			return false
+		}
+	}
+	return true
 }
 
 // dismiss takes m out of service: never started again, and a running

@@ -231,13 +231,8 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := s.launch(m, "to learn what it serves")
-			if err == nil {
-				m.info, err = r.info(ctx)
-				if err != nil {
-					s.stopPlugin(m, r, "Info failed")
-				}
-			}
+			r, info, err := s.ask(ctx, m)
+			m.info = info
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -249,9 +244,10 @@ func (s *Supervisor) Load(ctx context.Context, waitAll bool) error {
 			}
 			cache.put(f, m.info)
 			if !s.keepAfterInfo(m.info) {
-				s.stopPlugin(m, r, "learnt what it serves") // started for that only
+				s.asked(m, r) // started for that only
 				return
 			}
+			s.logger.Info("plugin started", "plugin", f.Name, "pid", r.pid, "kind", kindName(m.info.Kind))
 			m.mu.Lock()
 			m.run = r
 			m.mu.Unlock()
@@ -327,10 +323,10 @@ func (s *Supervisor) learnDeferred(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := s.launch(m, "to learn what it serves")
+			r, info, err := s.ask(ctx, m)
 			if err == nil {
-				m.info, err = r.info(ctx)
-				s.stopPlugin(m, r, "learnt what it serves")
+				m.info = info
+				s.asked(m, r)
 			}
 			if err != nil {
 				s.logger.Error("plugin not loaded", "plugin", m.found.Name, "error", err)
@@ -393,10 +389,19 @@ func (s *Supervisor) keepAfterInfo(info *pb.InfoResponse) bool {
 	return false
 }
 
-// launch starts m's binary, and logs one line saying so: why is what it is
-// started for when that is not to serve ("" then).
-func (s *Supervisor) launch(m *managed, why string) (*running, error) {
-	r, err := s.launcher.launch(launchSpec{
+// launch starts m to serve, and logs one line saying so.
+func (s *Supervisor) launch(m *managed) (*running, error) {
+	r, err := s.spawn(m)
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("plugin started", "plugin", m.found.Name, "pid", r.pid, "kind", kindName(m.info.Kind))
+	return r, nil
+}
+
+// spawn starts m's binary.
+func (s *Supervisor) spawn(m *managed) (*running, error) {
+	return s.launcher.launch(launchSpec{
 		path:     m.found.Path,
 		name:     m.found.Name,
 		checksum: m.cfg.Checksum,
@@ -405,19 +410,31 @@ func (s *Supervisor) launch(m *managed, why string) (*running, error) {
 		logger:   s.logger,
 		tls:      s.opts.Config.PluginTLS,
 	})
+}
+
+// ask starts m to ask what it serves (Info). The caller keeps the instance
+// running, or lets it go with asked. An instance that does not answer is
+// stopped.
+func (s *Supervisor) ask(ctx context.Context, m *managed) (*running, *pb.InfoResponse, error) {
+	r, err := s.spawn(m)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	msg := "plugin started"
-	if why != "" {
-		msg += " " + why
+	info, err := r.info(ctx)
+	if err != nil {
+		r.stop()
+		s.logger.Debug("plugin stopped", "plugin", m.found.Name, "pid", r.pid, "reason", "Info failed")
+		return nil, nil, fmt.Errorf("info: %w", err)
 	}
-	args := []any{"plugin", m.found.Name, "pid", r.pid}
-	if m.info != nil {
-		args = append(args, "kind", kindName(m.info.Kind))
-	}
-	s.logger.Info(msg, args...)
-	return r, nil
+	return r, info, nil
+}
+
+// asked stops an instance started only to ask what it serves. The start and
+// the stop are one event: one line.
+func (s *Supervisor) asked(m *managed, r *running) {
+	r.stop()
+	s.logger.Info("plugin asked what it serves: started once, then stopped", "plugin", m.found.Name, "pid", r.pid,
+		"kind", kindName(m.info.Kind), "version", m.info.Version, "commands", len(m.info.Commands))
 }
 
 // stopPlugin stops a plugin on purpose and logs one line saying why.
@@ -634,7 +651,7 @@ func (s *Supervisor) ensureRunning(ctx context.Context, m *managed) (*running, e
 			return nil, ctx.Err()
 		}
 	}
-	r, err := s.launch(m, "")
+	r, err := s.launch(m)
 	if err != nil {
 		s.noteCrash(m)
 		return nil, err
