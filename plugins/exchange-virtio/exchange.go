@@ -181,18 +181,6 @@ func unpolledFile(fd int, name string) (*os.File, error) {
 	return f, nil
 }
 
-// sleepCtx waits d or until ctx ends; false means ctx ended.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // isErrno reports whether err wraps one of the given errnos.
 func isErrno(err error, errnos ...unix.Errno) bool {
 	for _, n := range errnos {

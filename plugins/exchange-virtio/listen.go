@@ -441,7 +441,7 @@ func (l *listener) serve(ctx context.Context) {
 			// Out of descriptors or memory: the pending connection stays
 			// queued, so back off instead of spinning on it.
 			l.log.Error("accept failed", "error", aerr, "retry_in", backoff)
-			if !sleepCtx(ctx, backoff) {
+			if !sdk.Sleep(ctx, backoff) {
 				return
 			}
 			backoff = min(backoff*2, time.Second)

@@ -279,7 +279,7 @@ func (p *virtioPort) acquire(ctx context.Context) error {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, unix.EBUSY) && time.Since(start) < busyWait && sleepCtx(ctx, busyInterval) {
+		if errors.Is(err, unix.EBUSY) && time.Since(start) < busyWait && sdk.Sleep(ctx, busyInterval) {
 			continue
 		}
 		if errors.Is(err, unix.EBUSY) {

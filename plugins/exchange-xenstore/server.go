@@ -148,7 +148,7 @@ func (s *server) run(ctx context.Context, first *xenstore.Client) {
 			c, _, err = s.dial(ctx)
 			if err != nil {
 				s.log.Debug("xenstore not reachable", "error", err, "retry_in", delay)
-				if !sleepCtx(ctx, delay) {
+				if !sdk.Sleep(ctx, delay) {
 					return
 				}
 				delay = min(delay*2, s.backoff[1])
@@ -166,7 +166,7 @@ func (s *server) run(ctx context.Context, first *xenstore.Client) {
 			delay = s.backoff[0]
 		}
 		s.log.Warn("xenstore connection lost; reconnecting", "error", err, "retry_in", delay)
-		if !sleepCtx(ctx, delay) {
+		if !sdk.Sleep(ctx, delay) {
 			return
 		}
 		delay = min(delay*2, s.backoff[1])
@@ -527,16 +527,4 @@ func fitValue(path string, value []byte) []byte {
 		"message":    fmt.Sprintf("response of %d bytes does not fit in a XenStore value (%d bytes)", len(value), xenstore.PayloadMax-len(path)-1),
 	})
 	return b
-}
-
-// sleepCtx waits d or until ctx ends; false means ctx ended.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
