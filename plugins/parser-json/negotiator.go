@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/guest-agent/guest-agent/shared/dialect"
 	"github.com/guest-agent/guest-agent/shared/negotiator"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
@@ -24,6 +25,11 @@ import (
 type negotiatorDialect struct{}
 
 func (*negotiatorDialect) Name() string { return "negotiator" }
+
+// Options: no local commands; replies are in request order already, as a
+// session serves one request at a time (dialect.Options.OrderedReplies would
+// let them run side by side).
+func (*negotiatorDialect) Options() dialect.Options { return dialect.Options{} }
 
 // HandleMessage answers one request body (no framing).
 func (*negotiatorDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, req []byte) []byte {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"unicode/utf8"
 
+	"github.com/guest-agent/guest-agent/shared/dialect"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
@@ -20,6 +21,10 @@ import (
 type novaDialect struct{}
 
 func (*novaDialect) Name() string { return "nova" }
+
+// Options: nova has no commands of its own (version, features, ... are
+// cmd-nova's), and each request is answered under its own key.
+func (*novaDialect) Options() dialect.Options { return dialect.Options{} }
 
 // novaReply is the wire form of a response.
 type novaReply struct {

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 
 	"github.com/guest-agent/guest-agent/shared/engine"
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
@@ -227,5 +229,20 @@ func TestQGAEnvelopeEdges(t *testing.T) {
 		if got := string(resp.Response); got != tc.want {
 			t.Errorf("%q:\n got %q\nwant %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// The supervisor refuses qga's core command names from command plugins
+// (rpcplugin.CoreCommands); they are the qga dialect's local commands.
+func TestQGALocalCommandsAreTheCoreCommands(t *testing.T) {
+	var local []string
+	for _, c := range (&qgaDialect{}).Options().LocalCommands {
+		local = append(local, c.Name)
+	}
+	core := rpcplugin.CoreCommands()
+	sort.Strings(local)
+	sort.Strings(core)
+	if strings.Join(local, ",") != strings.Join(core, ",") {
+		t.Fatalf("qga's local commands %v, the supervisor's core commands %v", local, core)
 	}
 }

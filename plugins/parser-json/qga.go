@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
+	"github.com/guest-agent/guest-agent/shared/dialect"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 )
 
@@ -22,6 +22,13 @@ import (
 type qgaDialect struct{}
 
 func (*qgaDialect) Name() string { return "qga" }
+
+// Options: qga's core commands are answered in the parser process (a ping
+// crosses no process boundary); replies carry the request's id, so they go
+// out as commands finish.
+func (*qgaDialect) Options() dialect.Options {
+	return dialect.Options{LocalCommands: qgaCoreCommands()}
+}
 
 // readBufSize is large so a 1 MiB guest-file-write arrives in few reads.
 const readBufSize = 256 << 10
@@ -311,7 +318,7 @@ func syntaxDesc(b []byte) string {
 // caller once written).
 func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc func(int) []byte) []byte {
 	if o.Err != nil {
-		return errorReply(id, o.Err.Class, o.Err.Desc, delimited)
+		return failureReply(o, id, delimited)
 	}
 	if o.NoResponse {
 		return nil
@@ -322,21 +329,11 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 	if head, tail, ok := blobReplyParts(o, id, delimited); ok {
 		// The bulk data goes straight into the reply: one pass, no
 		// intermediate string (or a copy of what read-ahead encoded).
-		textLen := len(o.BlobText)
-		if o.BlobText == nil {
-			textLen = base64.StdEncoding.EncodedLen(len(o.Blob))
-		}
-		out := append(alloc(len(head) + textLen + len(tail))[:0], head...)
-		if o.BlobText != nil {
-			out = append(out, o.BlobText...)
-		} else {
-			n := len(out)
-			out = out[:n+textLen]
-			sdk.EncodeBase64(out[n:], o.Blob)
-		}
+		out := append(alloc(len(head) + o.BlobTextLen() + len(tail))[:0], head...)
+		out = o.AppendBlobText(out)
 		return append(out, tail...)
 	}
-	result := resultOf(o)
+	result := o.ResultJSON()
 	out := alloc(len(result) + len(id) + 32)[:0]
 	if delimited {
 		out = append(out, resyncByte)
@@ -344,14 +341,6 @@ func encodeOutcome(o *sdk.Outcome, id json.RawMessage, delimited bool, alloc fun
 	out = append(out, `{"return": `...)
 	out = append(out, result...)
 	return appendEnd(out, id)
-}
-
-// resultOf is the outcome's return value, "{}" when it has none.
-func resultOf(o *sdk.Outcome) json.RawMessage {
-	if len(o.Result) == 0 {
-		return json.RawMessage("{}")
-	}
-	return o.Result
 }
 
 // appendEnd closes a reply: its id, if the request had one, and the line.
@@ -366,26 +355,55 @@ func appendEnd(out []byte, id json.RawMessage) []byte {
 // blobReplyParts renders the reply of a successful outcome that carries bulk
 // data (Outcome.Blob or, encoded by read-ahead, Outcome.BlobText) as the
 // bytes before and after the data's base64 text, which goes into the result
-// object as member BlobField. ok is false for any other outcome.
+// object as member BlobField (dialect.Outcome.BlobSplice). ok is false for
+// any other outcome.
 func blobReplyParts(o *sdk.Outcome, id json.RawMessage, delimited bool) (head, tail []byte, ok bool) {
-	result := resultOf(o)
-	if o.Err != nil || o.NoResponse || (o.Blob == nil && o.BlobText == nil) || result[0] != '{' {
+	prefix, suffix, ok := o.BlobSplice()
+	if !ok {
 		return nil, nil, false
 	}
-	head = make([]byte, 0, 32+len(o.BlobField))
+	head = make([]byte, 0, 12+len(prefix))
 	if delimited {
 		head = append(head, resyncByte)
 	}
-	head = append(head, `{"return": {`...)
-	head = strconv.AppendQuote(head, o.BlobField)
-	head = append(head, `: "`...)
-	tail = make([]byte, 0, len(result)+len(id)+16)
-	tail = append(tail, '"')
-	if rest := bytes.TrimSpace(result[1:]); len(rest) > 0 && rest[0] != '}' {
-		tail = append(tail, ", "...)
+	head = append(head, `{"return": `...)
+	head = append(head, prefix...)
+	return head, appendEnd(append(make([]byte, 0, len(suffix)+len(id)+16), suffix...), id), true
+}
+
+// failureReply renders a failed outcome: a plugin's error as it is, the
+// engine's own refusals and failures (Outcome.Failure) in qemu-ga's words.
+func failureReply(o *sdk.Outcome, id json.RawMessage, delimited bool) []byte {
+	desc := o.Err.Desc
+	if o.Failure != nil {
+		desc = qgaFailureText(o.Failure, desc)
 	}
-	tail = append(tail, bytes.TrimSpace(result[1:])...)
-	return head, appendEnd(tail, id), true
+	return errorReply(id, o.Err.Class, desc, delimited)
+}
+
+// qgaFailureText words a refusal or failure of the engine as qemu-ga does
+// (its class is the engine's: CommandNotFound for a command refused as not
+// there, GenericError otherwise); fallback for a kind it does not know.
+func qgaFailureText(f *dialect.Failure, fallback string) string {
+	switch f.Kind {
+	case dialect.FailUnknown:
+		return fmt.Sprintf("The command %s has not been found", f.Command)
+	case dialect.FailDisabled:
+		return fmt.Sprintf("Command %s has been disabled", f.Command)
+	case dialect.FailFrozen:
+		return fmt.Sprintf("Command %s has been disabled: the agent is in frozen state", f.Command)
+	case dialect.FailArgsNotObject:
+		return "QMP input member 'arguments' must be an object"
+	case dialect.FailBlobNotString:
+		return fmt.Sprintf("Invalid parameter type for '%s', expected: string", f.Member)
+	case dialect.FailBlobNotBase64:
+		return "Base64 data contains invalid characters"
+	case dialect.FailTimeout:
+		return fmt.Sprintf("command %s timed out after %s", f.Command, f.Timeout)
+	case dialect.FailUnavailable:
+		return fmt.Sprintf("command %s failed: %v", f.Command, f.Cause)
+	}
+	return fallback
 }
 
 func errorReply(id json.RawMessage, class, desc string, delimited bool) []byte {

@@ -17,7 +17,7 @@ import (
 func extractBlobArg(req *pb.RunRequest, member string, pool *dataplane.BufferPool) *dialect.Outcome {
 	members, err := wire.SplitObject(req.ArgsJson)
 	if err != nil {
-		return errOutcome(wire.ClassGenericError, "QMP input member 'arguments' must be an object")
+		return failOutcome(&dialect.Failure{Kind: dialect.FailArgsNotObject, Command: req.Command})
 	}
 	idx := -1
 	for i, m := range members {
@@ -30,13 +30,13 @@ func extractBlobArg(req *pb.RunRequest, member string, pool *dataplane.BufferPoo
 	}
 	text, ok := wire.StringValue(members[idx].Value)
 	if !ok {
-		return errOutcome(wire.ClassGenericError, "Invalid parameter type for '%s', expected: string", member)
+		return failOutcome(&dialect.Failure{Kind: dialect.FailBlobNotString, Command: req.Command, Member: member})
 	}
 	blob := pool.Get(base64.StdEncoding.DecodedLen(len(text)))
 	n, err := wire.DecodeBase64Strict(blob, text)
 	if err != nil {
 		pool.Put(blob)
-		return errOutcome(wire.ClassGenericError, "Base64 data contains invalid characters")
+		return failOutcome(&dialect.Failure{Kind: dialect.FailBlobNotBase64, Command: req.Command, Member: member})
 	}
 	// Rebuild the (small) rest of the arguments around an empty string.
 	args := make([]byte, 0, 64)

@@ -75,8 +75,7 @@ func (e *Engine) Configure(_ context.Context, req *pb.ConfigureParserRequest) (*
 		if d == nil {
 			return nil, fmt.Errorf("parser: channel %s: dialect %q is not served by %s", c.Name, c.Dialect, e.name)
 		}
-		st := &channelState{cfg: c, dialect: d, allow: toSet(c.Allow), block: toSet(c.Block),
-			budget: newBudget(lim.channelMemory, lim.sessionMemory)}
+		st := newChannelState(c, d, newBudget(lim.channelMemory, lim.sessionMemory))
 		e.channels[c.Name] = st
 		if req.InboxDir == "" {
 			continue

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -14,11 +13,6 @@ import (
 	"github.com/guest-agent/guest-agent/shared/internal/wire"
 	"github.com/hashicorp/go-hclog"
 )
-
-// Core commands are answered by the parser process that read the request,
-// from the table the supervisor configured, so they never cross a process
-// boundary (the ping latency bar depends on it).
-var coreCommands = []string{"guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"}
 
 // dispatcher implements dialect.Dispatcher for one session.
 type dispatcher struct {
@@ -49,8 +43,17 @@ func (d *dispatcher) AgentVersion() string {
 	return d.e.cfg.AgentVersion
 }
 
-func errOutcome(class, format string, args ...any) *dialect.Outcome {
-	return &dialect.Outcome{Err: &pb.Error{Class: class, Desc: fmt.Sprintf(format, args...)}}
+// failOutcome is the outcome of a command the engine refused or failed
+// itself: the Failure for the dialect to word, and a plain rendering of it
+// in Err (class CommandNotFound for a command refused as not there,
+// GenericError otherwise).
+func failOutcome(f *dialect.Failure) *dialect.Outcome {
+	class := wire.ClassGenericError
+	switch f.Kind {
+	case dialect.FailUnknown, dialect.FailDisabled, dialect.FailFrozen:
+		class = wire.ClassCommandNotFound
+	}
+	return &dialect.Outcome{Err: &pb.Error{Class: class, Desc: f.Error()}, Failure: f}
 }
 
 // Dispatch runs one command.
@@ -62,18 +65,21 @@ func (d *dispatcher) Dispatch(ctx context.Context, command string, args json.Raw
 	return o
 }
 
-// dispatch runs one command, step by step: route it (routing.go), refuse
-// it or answer it here, build the plugin's request (taking a bulk argument
+// dispatch runs one command, step by step: answer a local command of the
+// dialect, or route it (routing.go) and refuse it, build the plugin's request (taking a bulk argument
 // out), run it (from read-ahead or on the plugin), and shape the outcome.
 // next, when not nil, starts the read-ahead of the host's likely next
 // request: call it once the reply is on its way.
 func (d *dispatcher) dispatch(ctx context.Context, command string, args json.RawMessage) (o *dialect.Outcome, next func()) {
+	if local := d.st.local[command]; local != nil {
+		if o := d.refusal(command, nil); o != nil {
+			return o, nil
+		}
+		return local.Run(ctx, d, args), nil
+	}
 	route, lim := d.routeOf(ctx, command)
 	if o := d.refusal(command, route); o != nil {
 		return o, nil
-	}
-	if isCore(command) {
-		return d.core(command, args), nil
 	}
 	req, o := d.request(route, command, args)
 	if o != nil {
@@ -119,9 +125,9 @@ func (d *dispatcher) run(ctx context.Context, route *pb.Route, req *pb.RunReques
 	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, errOutcome(wire.ClassGenericError, "command %s timed out after %s", req.Command, timeout)
+			return nil, failOutcome(&dialect.Failure{Kind: dialect.FailTimeout, Command: req.Command, Timeout: timeout})
 		}
-		return nil, errOutcome(wire.ClassGenericError, "command %s failed: %v", req.Command, err)
+		return nil, failOutcome(&dialect.Failure{Kind: dialect.FailUnavailable, Command: req.Command, Cause: err})
 	}
 	return resp, &dialect.Outcome{Result: resp.ResultJson, Release: release}
 }
@@ -154,43 +160,4 @@ func (d *dispatcher) shape(route *pb.Route, req *pb.RunRequest, resp *pb.RunResp
 	}
 	blobSize := len(o.Blob)
 	return o, func() { d.readOn(route.Plugin, spec.GetBlobResult(), req, blobSize, readAheadMax) }
-}
-
-func (d *dispatcher) core(command string, args json.RawMessage) *dialect.Outcome {
-	switch command {
-	case "guest-ping":
-		var none struct{}
-		if err := wire.DecodeArgs(args, &none); err != nil {
-			return &dialect.Outcome{Err: wire.ToProtoError(err)}
-		}
-		return &dialect.Outcome{Result: json.RawMessage(`{}`)}
-	case "guest-sync", "guest-sync-delimited":
-		var a struct {
-			ID int64 `json:"id"`
-		}
-		if err := wire.DecodeArgs(args, &a); err != nil {
-			return &dialect.Outcome{Err: wire.ToProtoError(err)}
-		}
-		return &dialect.Outcome{Result: json.RawMessage(fmt.Sprint(a.ID))}
-	default: // guest-info
-		var none struct{}
-		if err := wire.DecodeArgs(args, &none); err != nil {
-			return &dialect.Outcome{Err: wire.ToProtoError(err)}
-		}
-		type entry struct {
-			Enabled         bool   `json:"enabled"`
-			Name            string `json:"name"`
-			SuccessResponse bool   `json:"success-response"`
-		}
-		cmds := d.Commands()
-		list := make([]entry, len(cmds))
-		for i, c := range cmds {
-			list[i] = entry{c.Enabled, c.Name, c.SuccessResponse}
-		}
-		b, _ := json.Marshal(struct {
-			Version           string  `json:"version"`
-			SupportedCommands []entry `json:"supported_commands"`
-		}{d.AgentVersion(), list})
-		return &dialect.Outcome{Result: b}
-	}
 }

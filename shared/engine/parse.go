@@ -13,8 +13,8 @@ func (e *Engine) ParseRequest(ctx context.Context, req *pb.ParseRequestRequest) 
 	if d == nil {
 		return nil, fmt.Errorf("parser: dialect %q is not served", req.Dialect)
 	}
-	st := &channelState{cfg: &pb.ChannelConfig{Name: "parse-request", Dialect: req.Dialect}, dialect: d,
-		budget: newBudget(DefaultChannelMemoryMax, DefaultSessionMemoryMax)}
+	st := newChannelState(&pb.ChannelConfig{Name: "parse-request", Dialect: req.Dialect}, d,
+		newBudget(DefaultChannelMemoryMax, DefaultSessionMemoryMax))
 	caller := req.Caller
 	if caller == nil {
 		caller = &pb.Caller{Channel: st.cfg.Name, Dialect: req.Dialect, PeerPid: -1}

@@ -14,43 +14,49 @@ type pluginQueue struct {
 	waiting atomic.Int32 // queued or running
 }
 
-// Go runs a command without blocking the session's reader: core commands run
-// at once in the caller; commands of one plugin run one after another in the
-// order they arrived (a pipelining client's writes to one file stay in
-// order), and different plugins run side by side, so a slow command never
-// holds up a ping. done receives the outcome, to be written with
-// WriteReply. Go blocks while the session has its limit of commands in
-// flight.
+// Go runs a command without blocking the session's reader: the dialect's
+// local commands run at once in the caller; commands of one plugin run one
+// after another in the order they arrived (a pipelining client's writes to
+// one file stay in order), and different plugins run side by side, so a
+// slow command never holds up a ping. done receives the outcome, to be
+// written with WriteReply. Go blocks while the session has its limit of
+// commands in flight.
 //
-// guest-sync and guest-sync-delimited are barriers: once Go returns for
-// one, no reply to a request that arrived before it is written (their
-// commands still run; their replies are dropped).
+// A local command declared Barrier (qga's guest-sync) is one: once Go
+// returns for it, no reply to a request that arrived before it is written
+// (their commands still run; their replies are dropped).
 func (s *streamSession) Go(ctx context.Context, command string, args json.RawMessage, done func(*dialect.Outcome)) {
-	isSync := command == "guest-sync" || command == "guest-sync-delimited"
-	if isSync {
+	local := s.st.local[command]
+	barrier := local != nil && local.Barrier
+	if barrier {
 		s.newEpoch()
 	}
-	epoch, hostEpoch := s.epoch.Load(), s.hostEpoch.Load()
+	place := dialect.Place{Epoch: s.epoch.Load(), HostEpoch: s.hostEpoch.Load(), Barrier: barrier}
+	if s.st.ordered {
+		place.Seq = s.order.take()
+	}
 	// The request counts against the memory budget until its reply is
 	// written or dropped.
 	held := int64(len(args))
 	s.hold.add(held)
 	arrived := done
 	done = func(o *dialect.Outcome) {
-		o.Place = dialect.Place{Epoch: epoch, HostEpoch: hostEpoch, Barrier: isSync}
+		o.Place = place
 		arrived(o)
+		s.order.finish(place.Seq) // a reply the dialect did not write
 		s.hold.add(-held)
 	}
 	route, routesPending := s.e.lookup(command)
-	// guest-info waits while the routes are being learnt: not on the
-	// reader, or a sync behind it would wait too.
-	if isCore(command) && !(command == "guest-info" && routesPending) {
+	// A local command that lists the commands (guest-info) waits while the
+	// routes are being learnt: not on the reader, or a sync behind it
+	// would wait too.
+	if local != nil && !(local.ListsCommands && routesPending) {
 		done(s.Dispatch(ctx, command, args))
 		return
 	}
 	// A command refused without a plugin is answered at once, before
 	// anything that follows it (an unknown command, then a sync).
-	if route != nil || !routesPending {
+	if local == nil && (route != nil || !routesPending) {
 		if o := s.refusal(command, route); o != nil {
 			done(o)
 			return
@@ -86,6 +92,7 @@ func (s *streamSession) Go(ctx context.Context, command string, args json.RawMes
 	select {
 	case s.inflight <- struct{}{}:
 	case <-ctx.Done():
+		s.order.finish(place.Seq)
 		s.hold.add(-held)
 		return
 	}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/guest-agent/guest-agent/shared/dialect"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
-	"github.com/guest-agent/guest-agent/shared/internal/wire"
 )
 
 // Routing: which plugin serves a command on a channel (the routes the
@@ -52,7 +51,7 @@ func (d *dispatcher) routeOf(ctx context.Context, command string) (*pb.Route, re
 	lim := d.e.limits
 	pending := d.e.routesReady != nil
 	d.e.mu.RUnlock()
-	if route == nil && pending && !isCore(command) {
+	if route == nil && pending {
 		d.e.awaitRoutes(ctx)
 		route, _ = d.e.lookup(command)
 	}
@@ -60,14 +59,32 @@ func (d *dispatcher) routeOf(ctx context.Context, command string) (*pb.Route, re
 }
 
 // channelState is one channel: its configuration with the allow and block
-// lists, its dialect, its sessions and its memory budget.
+// lists, its dialect with the dialect's options, its sessions and its
+// memory budget.
 type channelState struct {
-	cfg      *pb.ChannelConfig
-	dialect  dialect.Dialect
+	cfg     *pb.ChannelConfig
+	dialect dialect.Dialect
+	// local are the dialect's local commands (Options.LocalCommands).
+	local map[string]*dialect.LocalCommand
+	// ordered: replies in request order (Options.OrderedReplies).
+	ordered  bool
 	allow    map[string]bool
 	block    map[string]bool
 	sessions atomic.Int64
 	budget   *budget
+}
+
+func newChannelState(cfg *pb.ChannelConfig, d dialect.Dialect, b *budget) *channelState {
+	opts := d.Options()
+	st := &channelState{cfg: cfg, dialect: d, ordered: opts.OrderedReplies,
+		allow: toSet(cfg.Allow), block: toSet(cfg.Block), budget: b}
+	if len(opts.LocalCommands) > 0 {
+		st.local = make(map[string]*dialect.LocalCommand, len(opts.LocalCommands))
+		for i := range opts.LocalCommands {
+			st.local[opts.LocalCommands[i].Name] = &opts.LocalCommands[i]
+		}
+	}
+	return st
 }
 
 // enabled applies the channel's allow and block lists (qemu-ga's
@@ -88,14 +105,14 @@ func (d *dispatcher) Commands() []dialect.CommandInfo {
 	d.e.awaitRoutes(context.Background())
 	d.e.mu.RLock()
 	defer d.e.mu.RUnlock()
-	out := make([]dialect.CommandInfo, 0, len(d.e.routes)+len(coreCommands))
-	for _, c := range coreCommands {
-		out = append(out, dialect.CommandInfo{Name: c, Enabled: d.st.enabled(c), SuccessResponse: true})
+	out := make([]dialect.CommandInfo, 0, len(d.e.routes)+len(d.st.local))
+	for _, c := range d.st.local {
+		out = append(out, dialect.CommandInfo{Name: c.Name, Enabled: d.st.enabled(c.Name), SuccessResponse: c.SuccessResponse})
 	}
 	// While frozen, what is refused is listed disabled, as qemu-ga does.
 	frozen := d.e.freeze.isFrozen()
 	for _, r := range d.e.routes {
-		if !servesDialect(r, d.st.cfg.Dialect) {
+		if !servesDialect(r, d.st.cfg.Dialect) || d.st.local[r.Command] != nil {
 			continue
 		}
 		enabled := r.Enabled && d.st.enabled(r.Command) && (!frozen || r.GetSpec().GetAllowedWhileFrozen())
@@ -105,22 +122,24 @@ func (d *dispatcher) Commands() []dialect.CommandInfo {
 	return out
 }
 
-// refusal is the outcome of a command that will not run here: unknown on
-// this channel's dialect, disabled, or refused while frozen; nil when it
-// may run. It needs no plugin, so a session answers it at once, in order.
+// refusal is the outcome of a command that will not run here for this
+// session's caller: unknown on this channel's dialect, disabled by the
+// channel's lists or its route, or refused while frozen; nil when it may
+// run. route is nil for a local command of the dialect. It needs no plugin,
+// so a session answers it at once, in order.
 func (d *dispatcher) refusal(command string, route *pb.Route) *dialect.Outcome {
-	core := isCore(command)
+	local := d.st.local[command] != nil
 	if route != nil && !servesDialect(route, d.st.cfg.Dialect) {
 		route = nil // another dialect's command: unknown here
 	}
-	if !core && route == nil {
-		return errOutcome(wire.ClassCommandNotFound, "The command %s has not been found", command)
+	if !local && route == nil {
+		return failOutcome(&dialect.Failure{Kind: dialect.FailUnknown, Command: command})
 	}
-	if !d.st.enabled(command) || (route != nil && !route.Enabled) {
-		return errOutcome(wire.ClassCommandNotFound, "Command %s has been disabled", command)
+	if !d.st.enabled(command) || (!local && !route.Enabled) {
+		return failOutcome(&dialect.Failure{Kind: dialect.FailDisabled, Command: command})
 	}
-	if !core && d.e.freeze.isFrozen() && !route.GetSpec().GetAllowedWhileFrozen() {
-		return errOutcome(wire.ClassCommandNotFound, "Command %s has been disabled: the agent is in frozen state", command)
+	if !local && d.e.freeze.isFrozen() && !route.GetSpec().GetAllowedWhileFrozen() {
+		return failOutcome(&dialect.Failure{Kind: dialect.FailFrozen, Command: command})
 	}
 	return nil
 }
@@ -142,15 +161,6 @@ func servesDialect(r *pb.Route, dialect string) bool {
 	}
 	for _, d := range ds {
 		if d == dialect {
-			return true
-		}
-	}
-	return false
-}
-
-func isCore(command string) bool {
-	for _, c := range coreCommands {
-		if c == command {
 			return true
 		}
 	}

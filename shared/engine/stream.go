@@ -18,6 +18,7 @@ func (e *Engine) serveStream(ctx context.Context, st *channelState, s *streamSes
 	defer st.sessions.Add(-1)
 	ctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
+	s.ending = ctx.Done()
 	defer cancel()
 	go func() {
 		<-ctx.Done()
@@ -66,10 +67,14 @@ type streamSession struct {
 	// hold counts what the session holds against its memory budget;
 	// pending is the partial request's share (HoldPending), over whether
 	// the session is paused.
-	hold      sessionHold
-	pending   int64
-	over      atomic.Bool
-	done      chan struct{} // closed when the session ends
+	hold    sessionHold
+	pending int64
+	over    atomic.Bool
+	done    chan struct{} // closed when the session ends
+	// ending is closed when the session is ending (its context): replies
+	// waiting for their turn (order) stop waiting.
+	ending    <-chan struct{}
+	order     replyOrder
 	wg        sync.WaitGroup
 	queuesMu  sync.Mutex
 	queues    map[string]*pluginQueue
@@ -102,8 +107,14 @@ func (e *Engine) newStreamSession(st *channelState, conn io.ReadWriteCloser, cal
 func (s *streamSession) Read(p []byte) (int, error) { return s.conn.Read(p) }
 
 // Write writes one whole reply; replies from concurrent commands never
-// interleave.
+// interleave. In an ordered session it takes its place after the replies
+// to the requests read so far.
 func (s *streamSession) Write(p []byte) (int, error) {
+	if s.st.ordered {
+		seq := s.order.take()
+		s.order.wait(seq, s.ending)
+		defer s.order.finish(seq)
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if err := s.writeParts([][]byte{p}); err != nil {
@@ -114,8 +125,14 @@ func (s *streamSession) Write(p []byte) (int, error) {
 }
 
 // WriteBuffers writes one whole reply given in parts (with one writev on a
-// socket); like Write, it never interleaves with another reply.
+// socket); like Write, it never interleaves with another reply, and in an
+// ordered session it takes its place as Write does.
 func (s *streamSession) WriteBuffers(parts net.Buffers) (int64, error) {
+	if s.st.ordered {
+		seq := s.order.take()
+		s.order.wait(seq, s.ending)
+		defer s.order.finish(seq)
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	var n int64
@@ -132,6 +149,8 @@ func (s *streamSession) WriteBuffers(parts net.Buffers) (int64, error) {
 // WriteReply writes the reply to the outcome of Go, given in parts, unless
 // the host resynchronised or reconnected since its request arrived: then
 // the reply is dropped (written reports false), as the host gave up on it.
+// In an ordered session it first waits for the replies to the requests
+// before it.
 func (s *streamSession) WriteReply(o *dialect.Outcome, parts ...[]byte) (written bool, err error) {
 	// The reply counts against the budget while it waits for the replies
 	// ahead of it, too.
@@ -141,6 +160,10 @@ func (s *streamSession) WriteReply(o *dialect.Outcome, parts ...[]byte) (written
 	}
 	s.hold.add(size)
 	defer s.hold.add(-size)
+	if o.Place.Seq != 0 {
+		s.order.wait(o.Place.Seq, s.ending)
+		defer s.order.finish(o.Place.Seq)
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if o.Place.Epoch != s.epoch.Load() {

@@ -28,6 +28,11 @@ type (
 	Outcome = dialect.Outcome
 	// CommandInfo is one entry of guest-info's supported_commands.
 	CommandInfo = dialect.CommandInfo
+	// DialectOptions are what a dialect decides for itself: its local
+	// commands and whether replies follow request order.
+	DialectOptions = dialect.Options
+	// LocalCommand is a command a dialect answers in the parser process.
+	LocalCommand = dialect.LocalCommand
 )
 
 // ProtocolVersion is the plugin protocol this SDK speaks

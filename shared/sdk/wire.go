@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+
 	"github.com/guest-agent/guest-agent/shared/internal/wire"
 	"github.com/guest-agent/guest-agent/shared/rpcplugin"
 	"github.com/hashicorp/go-hclog"
@@ -27,6 +29,11 @@ func Errorf(format string, args ...any) error { return wire.Errorf(format, args.
 func ErrorWithClass(class, format string, args ...any) error {
 	return wire.ErrorWithClass(class, format, args...)
 }
+
+// ProtoError converts an error to its wire form, as a command's failure
+// reaches a dialect: an *Error keeps its class, any other error is a
+// GenericError.
+func ProtoError(err error) *pb.Error { return wire.ToProtoError(err) }
 
 // DecodeArgs decodes a command's arguments object into v (a pointer to a
 // struct) with qemu-ga's validation and error texts:
