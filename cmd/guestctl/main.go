@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -27,6 +28,10 @@ type options struct {
 
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			os.Exit(int(code))
+		}
 		fmt.Fprintln(os.Stderr, "guestctl:", err)
 		os.Exit(1)
 	}
@@ -158,6 +163,7 @@ It works with guest-agent and with qemu-ga.`,
 		},
 	})
 	root.AddCommand(newNegotiatorCmd(o), newDaemonCmd(o))
+	root.AddCommand(newExecCmd(o))
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
