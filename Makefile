@@ -10,7 +10,8 @@ export CGO_ENABLED := 0
 # make runs, and a recursive VERSION changed between the binaries and their
 # packages (and the guest test's expectation).
 ifeq ($(origin VERSION),undefined)
-VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Tags v1.2.3 only: shared/v1.2.3 tags version the shared module (shared/README.md).
+VERSION := $(shell git describe --tags --match 'v[0-9]*' --always --dirty 2>/dev/null || echo dev)
 endif
 export VERSION
 # grpcnotrace: no golang.org/x/net/trace (and its html/template) in any binary:
@@ -18,6 +19,14 @@ export VERSION
 GOFLAGS_BUILD := -trimpath -tags grpcnotrace -ldflags "-s -w -X main.version=$(VERSION)"
 
 PLUGINS := $(notdir $(wildcard plugins/*))
+
+# examples/: plugins written as a third party writes them, each its own
+# module that requires shared by version. Not in go.work: the workspace's
+# ./shared would stand in for that version and hide a go.mod or go.sum that
+# does not build alone, so they are built, vetted and linted with GOWORK=off
+# (their go.mod replaces shared with ../../shared: this checkout, offline).
+# tests/examples drives them through the agent.
+EXAMPLES := $(patsubst %/go.mod,%,$(wildcard examples/*/go.mod))
 
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
@@ -48,6 +57,7 @@ build:
 	@# Each plugin's manifest beside it: the agent knows every command at boot
 	@# without starting a plugin (packagers run the same command at install).
 	$(BIN)/guest-agent manifest --write $(addprefix $(BIN)/guest-agent-,$(PLUGINS))
+	@for e in $(EXAMPLES); do (cd $$e && GOWORK=off $(GO) build $(GOFLAGS_BUILD) -o /dev/null ./...) || exit 1; done
 
 # Runs the agent with every in-tree plugin on ./run/qga.sock.
 run: build
@@ -78,11 +88,12 @@ proto-check: proto
 	@git diff --exit-code -- shared/gen || { echo "shared/gen differs from make proto output: commit the regenerated code"; exit 1; }
 
 fmt:
-	gofmt -l -w $(MODULES)
+	gofmt -l -w $(MODULES) $(EXAMPLES)
 
 lint:
-	@test -z "$$(gofmt -l $(MODULES))" || { gofmt -l $(MODULES); echo "gofmt: files above need formatting"; exit 1; }
+	@test -z "$$(gofmt -l $(MODULES) $(EXAMPLES))" || { gofmt -l $(MODULES) $(EXAMPLES); echo "gofmt: files above need formatting"; exit 1; }
 	@for m in $(MODULES); do (cd $$m && $(GO) vet ./... && $(GOBIN_TOOLS)/staticcheck ./...) || exit 1; done
+	@for e in $(EXAMPLES); do (cd $$e && GOWORK=off $(GO) vet ./... && GOWORK=off $(GOBIN_TOOLS)/staticcheck ./...) || exit 1; done
 	@# The hidden docs commands (make doc) are built with -tags docs only.
 	@for m in cmd/agent cmd/guestctl; do (cd $$m && $(GO) vet -tags docs ./... && $(GOBIN_TOOLS)/staticcheck -tags docs ./...) || exit 1; done
 

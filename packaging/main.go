@@ -4,7 +4,7 @@
 // below, and each package's maintainer scripts from one template per script
 // (scripts/*.tmpl). It prints the package version it used.
 //
-//	go run . -describe "$(git describe --tags --always --dirty)" -commits N \
+//	go run . -describe "$(git describe --tags --match 'v[0-9]*' --always --dirty)" -commits N \
 //	    -arch amd64 -bin ../bin -doc ../build/doc -out ../build/nfpm \
 //	    -plugins "cmd-exec cmd-files ..."
 package main

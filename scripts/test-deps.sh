@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 #   gcc, libc6-dev               a real LD_PRELOAD object (cmd-exec test)
 #   mmdebstrap                   the Debian guest test's root filesystem
 #   rpm                          reading the .rpm packages back (package test)
+#   git                          versions (git describe); shared's tag scheme (tests/examples)
 packages=(
 	ca-certificates git make gcc libc6-dev
 	protobuf-compiler qemu-guest-agent
