@@ -370,3 +370,35 @@ func TestHotReplaceParserRestartsItsChannel(t *testing.T) {
 		t.Errorf("guest-ping after the exchange's upgrade: %+v", r.Error)
 	}
 }
+
+// With lazy_start = false every command plugin runs from the start, one
+// without manifest included (it was kept running unconfigured after it was
+// asked what it serves, with no data plane); a replaced binary's new
+// instance starts at once, before any request.
+func TestHotReplaceWithoutLazyStart(t *testing.T) {
+	dir := manifestDir(t)
+	copyExecutable(t, filepath.Join(pluginDir, "guest-agent-cmd-test"), filepath.Join(dir, "guest-agent-cmd-test"))
+	sock := filepath.Join(harness.ShortTempDir(t), "qga.sock")
+	a := harness.StartAgent(t, harness.Options{
+		PluginDir: dir,
+		Config:    "lazy_start = false\n",
+		Args:      []string{"-m", "unix-listen", "-p", sock},
+	})
+	harness.WaitForPing(t, sock, 10*time.Second)
+	waitLog(t, a, "agent ready", "the agent did not get ready")
+	c := harness.MustDial(t, sock)
+	old := testVersion(t, c)
+	install(t, testPluginV2, dir, "guest-agent-cmd-test")
+	waitLog(t, a, "plugins changed", "the replaced binary was not taken up")
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if pid := processOf(t, a, "guest-agent-cmd-test"); pid != 0 && pid != old.PID {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("no new cmd-test instance started on its own after the replacement")
+		}
+	}
+	if v := testVersion(t, c); v.Version != "2.0.0" {
+		t.Errorf("after the replacement: %+v", v)
+	}
+}

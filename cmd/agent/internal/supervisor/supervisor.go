@@ -366,13 +366,12 @@ func levelName(l hclog.Logger) string {
 }
 
 // keepAfterInfo tells whether a plugin launched to learn its Info should stay
-// up: the parsers and exchanges the channels need (Run starts them next),
-// and command plugins when lazy start is off. Anything else would cost
-// memory for nothing.
+// up: the parsers and exchanges the channels need (Run configures them
+// next). Anything else would cost memory for nothing. A command plugin is
+// configured only as ensureRunning starts it (with lazy start off, Run
+// starts them all): kept unconfigured, it would have no data plane.
 func (s *Supervisor) keepAfterInfo(info *pb.InfoResponse) bool {
 	switch info.Kind {
-	case pb.Kind_KIND_COMMAND:
-		return !s.lazy
 	case pb.Kind_KIND_PARSER:
 		for _, ch := range s.opts.Config.Channels {
 			if contains(info.Dialects, ch.Dialect) {
