@@ -137,7 +137,7 @@ fuzz:
 	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi
 
 vm-test: build
-	cd tests && GUEST_AGENT_BIN=$(BIN) GUEST_AGENT_VM=1 $(GO) test -count=1 -timeout 5m -run 'TestVM' ./vm/...
+	cd tests && GUEST_AGENT_BIN=$(BIN) GUEST_AGENT_VM=1 $(GO) test -count=1 -timeout 8m -run 'TestVM' ./vm/...
 
 # Debian's libvirtd in private namespaces boots a TCG guest twice, once with
 # guest-agent and once with qemu-ga, and virsh's agent commands are compared

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/guest-agent/guest-agent/shared/dialect"
@@ -36,16 +37,83 @@ func (*negotiatorDialect) HandleMessage(ctx context.Context, d sdk.Dispatcher, r
 	return negotiator.Answer(ctx, guestMethods{d}, req)
 }
 
-// ServeStream serves a session frame by frame. A bad length line or an
-// oversized body is answered with an error and skipped (the framing package
-// resynchronises at the next line or past the body); a frame that stops
-// arriving for request_idle_timeout is dropped with an error reply; an EOF
-// in the middle of a frame drops it (virtio-serial: the host went away, and
-// the session waits for the next one).
+// ServeStream serves a session: a reader takes frames off the stream and
+// one request runs at a time, in order, its reply written before the next
+// starts. The reader keeps reading while a command runs so that it sees a
+// host leave (virtio-serial EOF): the reply to that host, and the requests
+// it had sent beyond, are dropped, never handed to the next host. A bad
+// length line or an oversized body is answered with an error and skipped
+// (the framing resynchronises at the next line or past the body); a frame
+// that stops arriving for request_idle_timeout is dropped with an error;
+// an EOF in the middle of a frame drops it.
 func (n *negotiatorDialect) ServeStream(ctx context.Context, s sdk.StreamSession) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	items := make(chan negotiatorItem, negotiatorQueue)
+	var lastEOF atomic.Int64 // when the reader last saw the host leave (unix ns)
+	readErr := make(chan error, 1)
+	go func() {
+		readErr <- readNegotiatorFrames(ctx, s, items, &lastEOF)
+		close(items)
+	}()
+	// hostLeft tells whether the host left after sending a request read at
+	// readAt. virtio_console applies a host's port-open from a work queue,
+	// after the data that followed it may have been read: a new host's
+	// first request can be followed by the EOF of the host before it. An
+	// EOF within hostLeaveGrace of the request is taken for that.
+	hostLeft := func(readAt time.Time) bool {
+		return lastEOF.Load() > readAt.Add(hostLeaveGrace).UnixNano()
+	}
+	for it := range items {
+		if hostLeft(it.readAt) {
+			continue // its host is gone: nobody to answer
+		}
+		reply := it.reply
+		if reply == nil {
+			reply = negotiator.Answer(ctx, guestMethods{s}, it.body)
+			if hostLeft(it.readAt) {
+				s.Logger().Debug("negotiator: reply dropped, the host that asked went away", "origin", s.Origin())
+				continue
+			}
+		}
+		var hdr [negotiator.MaxLengthDigits + 1]byte
+		if _, err := s.WriteBuffers(net.Buffers{negotiator.AppendHeader(hdr[:0], len(reply)), reply}); err != nil {
+			// The reader ends with the session's connection; its sends
+			// give up on ctx.
+			return fmt.Errorf("write reply: %w", err)
+		}
+	}
+	return <-readErr
+}
+
+const (
+	// negotiatorQueue bounds the requests read ahead of the one running (a
+	// negotiator host sends one at a time; the reader is ahead only to see
+	// the host leave).
+	negotiatorQueue = 4
+	// hostLeaveGrace: see ServeStream.
+	hostLeaveGrace = 200 * time.Millisecond
+)
+
+// negotiatorItem is one request read, or the error reply to a bad frame,
+// with when it was read.
+type negotiatorItem struct {
+	body, reply []byte
+	readAt      time.Time
+}
+
+func readNegotiatorFrames(ctx context.Context, s sdk.StreamSession, items chan<- negotiatorItem, lastEOF *atomic.Int64) error {
 	r := bufio.NewReaderSize(s, 64<<10)
 	idle := s.RequestIdleTimeout()
-	svc := guestMethods{s}
+	send := func(it negotiatorItem) error {
+		it.readAt = time.Now()
+		select {
+		case items <- it:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for {
 		if err := s.WaitRoom(ctx, time.Time{}); err != nil {
 			return err
@@ -63,33 +131,29 @@ func (n *negotiatorDialect) ServeStream(ctx context.Context, s sdk.StreamSession
 				s.SetReadDeadline(time.Time{})
 			}
 		}
-		var reply []byte
 		switch {
 		case err == nil:
-			reply = negotiator.Answer(ctx, svc, body)
+			err = send(negotiatorItem{body: body})
 		case negotiator.IsFrameError(err):
-			reply = negotiator.EncodeError(err.Error())
+			err = send(negotiatorItem{reply: negotiator.EncodeError(err.Error())})
 		case errors.Is(err, os.ErrDeadlineExceeded) || sdk.IsTimeout(err):
 			r.Reset(s)
-			reply = negotiator.EncodeError(fmt.Sprintf("request discarded: nothing more of it arrived for %s (limit request_idle_timeout)", idle))
+			err = send(negotiatorItem{reply: negotiator.EncodeError(fmt.Sprintf("request discarded: nothing more of it arrived for %s (limit request_idle_timeout)", idle))})
 		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 			r.Reset(s) // a partial frame is dropped with its host
 			if !s.Persistent() {
 				return nil
 			}
-			if err := s.WaitHost(ctx); err != nil {
-				return err
-			}
-			continue
+			lastEOF.Store(time.Now().UnixNano())
+			err = s.WaitHost(ctx)
 		default:
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("read: %w", err)
 		}
-		var hdr [negotiator.MaxLengthDigits + 1]byte
-		if _, err := s.WriteBuffers(net.Buffers{negotiator.AppendHeader(hdr[:0], len(reply)), reply}); err != nil {
-			return fmt.Errorf("write reply: %w", err)
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -137,5 +201,6 @@ func (g guestMethods) run(ctx context.Context, command string, args map[string]a
 	if o.Err != nil {
 		return nil, errors.New(o.Err.Desc)
 	}
-	return o.Result, nil
+	// The result outlives the outcome's buffers.
+	return append(json.RawMessage(nil), o.Result...), nil
 }
