@@ -23,6 +23,7 @@ const examplesDir = "../../examples"
 var builtExamples = map[string]string{
 	"command-hello": "guest-agent-cmd-hello",
 	"exchange-tcp":  "guest-agent-exchange-tcp",
+	"dialect-lines": "guest-agent-parser-lines",
 }
 
 func TestMain(m *testing.M) {
@@ -55,6 +56,14 @@ func setUp(bin, dir string) (int, error) {
 		if err := os.Symlink(filepath.Join(bin, e.Name()), filepath.Join(dir, e.Name())); err != nil {
 			return 2, err
 		}
+	}
+	// The e2e tests' command plugin, for its test-sleep: a command that
+	// finishes after the ones sent behind it.
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "guest-agent-cmd-test"), "../testplugin")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return 2, fmt.Errorf("building the test plugin: %w", err)
 	}
 	for src, name := range builtExamples {
 		out := filepath.Join(dir, name)
