@@ -41,6 +41,13 @@ func (e *Engine) serveFeed(feed *session.Feed, st *channelState) {
 		}
 		switch ev.Type {
 		case session.EventHandoff:
+			if !session.KnownKind(ev.Kind) {
+				// A later exchange's kind of session: refused, not misread
+				// as a byte stream (SessionEvent in guestagent.proto).
+				e.logger.Warn("session refused: unknown kind", "channel", st.cfg.Name, "kind", ev.Kind, "event_version", ev.Version)
+				f.Close()
+				continue
+			}
 			if st.sessions.Load() >= e.limits.maxSessions {
 				refused.note(e.logger, st.cfg.Name, e.limits.maxSessions)
 				f.Close()

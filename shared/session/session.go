@@ -14,14 +14,18 @@
 package session
 
 import (
-	"encoding/json"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
+
+	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,8 +59,16 @@ type Peer struct {
 	GID int32 `json:"gid"`
 }
 
-// Event is one message from an exchange to a parser.
+// EventVersion is the schema version of the events this package sends
+// (guestagent.v1.SessionEvent.version); events without one are version 1.
+const EventVersion = 1
+
+// Event is one message from an exchange to a parser: the Go form of
+// guestagent.v1.SessionEvent, whose documentation in guestagent.proto is
+// the contract (encoding, compatibility between versions).
 type Event struct {
+	// Version is the sender's EventVersion; Send sets it.
+	Version int    `json:"version,omitempty"`
 	Type    string `json:"type"`
 	Channel string `json:"channel"`
 	Session string `json:"session"`
@@ -122,7 +134,8 @@ func (o *Outbox) Close() error { return o.conn.Close() }
 // caller keeps its own copy of c; the parser gets the descriptor
 // non-blocking, whatever the caller does with its copy.
 func (o *Outbox) Send(ev Event, c syscall.Conn) error {
-	b, err := json.Marshal(ev)
+	ev.Version = EventVersion
+	b, err := marshalEvent.Marshal(ev.proto())
 	if err != nil {
 		return fmt.Errorf("session: encode event: %w", err)
 	}
@@ -156,6 +169,54 @@ func (o *Outbox) Send(ev Event, c syscall.Conn) error {
 		o.handedOver = true
 	}
 	return nil
+}
+
+// The events' encoding (see SessionEvent in guestagent.proto): JSON with
+// the proto field names; members a parser does not know are ignored.
+var (
+	marshalEvent   = protojson.MarshalOptions{UseProtoNames: true}
+	unmarshalEvent = protojson.UnmarshalOptions{DiscardUnknown: true}
+)
+
+// proto is the event as it goes on the wire; strings that are not UTF-8
+// (a path, say) are sent with U+FFFD in place, as encoding/json did.
+func (ev Event) proto() *pb.SessionEvent {
+	utf := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	m := &pb.SessionEvent{
+		Version: uint32(ev.Version), Type: utf(ev.Type), Channel: utf(ev.Channel), Session: utf(ev.Session),
+		Kind: utf(ev.Kind), Persistent: ev.Persistent, Origin: utf(ev.Origin), MaxConnections: int32(ev.MaxConnections),
+		ListenerPath: utf(ev.ListenerPath), WatchHost: ev.WatchHost,
+	}
+	if ev.Peer != nil {
+		m.Peer = &pb.SessionPeer{Pid: ev.Peer.PID, Uid: ev.Peer.UID, Gid: ev.Peer.GID}
+	}
+	return m
+}
+
+func eventOf(m *pb.SessionEvent) Event {
+	ev := Event{
+		Version: int(m.Version), Type: m.Type, Channel: m.Channel, Session: m.Session, Kind: m.Kind,
+		Persistent: m.Persistent, Origin: m.Origin, MaxConnections: int(m.MaxConnections),
+		ListenerPath: m.ListenerPath, WatchHost: m.WatchHost,
+	}
+	if ev.Version == 0 {
+		ev.Version = 1 // 1.0 to 1.3 sent none
+	}
+	if m.Peer != nil {
+		ev.Peer = &Peer{PID: m.Peer.Pid, UID: m.Peer.Uid, GID: m.Peer.Gid}
+	}
+	return ev
+}
+
+// KnownKind tells whether a handoff's kind is one this package knows
+// (stream, the default, messages or listener): a parser refuses a session
+// of another kind, sent by a newer exchange, rather than misread it.
+func KnownKind(kind string) bool {
+	switch kind {
+	case "", KindStream, KindMessages, KindListener:
+		return true
+	}
+	return false
 }
 
 // noFD stands for "no descriptor" in Send.
@@ -241,13 +302,16 @@ func (f *Feed) Next() (Event, *os.File, error) {
 			}
 		}
 	}
-	var ev Event
-	if err := json.Unmarshal(buf[:n], &ev); err != nil {
+	var msg pb.SessionEvent
+	// encoding/json, which 1.0 to 1.3 exchanges use, writes no invalid
+	// UTF-8; an exchange that does gets it replaced, as before.
+	if err := unmarshalEvent.Unmarshal(bytes.ToValidUTF8(buf[:n], []byte("\uFFFD")), &msg); err != nil {
 		if file != nil {
 			file.Close()
 		}
 		return Event{}, nil, fmt.Errorf("session: decode event: %w", err)
 	}
+	ev := eventOf(&msg)
 	if ev.Type == EventHandoff && file == nil {
 		return Event{}, nil, errors.New("session: handoff without a descriptor")
 	}

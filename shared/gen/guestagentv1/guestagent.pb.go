@@ -1420,6 +1420,230 @@ func (*CloseChannelResponse) Descriptor() ([]byte, []int) {
 	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{18}
 }
 
+// ---------------------------------------------------------------------------
+// Session events: what an exchange sends the parser on the inbox socket of a
+// channel (OpenChannelRequest.inbox_socket; shared/session implements both
+// ends). Added in 1.4 as a schema; the events themselves are those of 1.0.
+//
+// The inbox is a SOCK_SEQPACKET unix socket the parser listens on (mode
+// 0600). The exchange connects once per channel and sends one SessionEvent
+// per packet, encoded as JSON with the field names below (proto3's JSON
+// mapping with the proto names, as protojson's UseProtoNames writes it);
+// a handoff carries the session's descriptor as SCM_RIGHTS beside it. The
+// parser never writes: the exchange learns that it went away when a read
+// on the connection returns. Closing the connection ends every session
+// handed over on it, except those handed over for good (a listener, or a
+// session with watch_host).
+//
+// Compatibility, so an exchange built against any 1.x keeps working with a
+// later parser and the other way round: fields are only added; a parser
+// ignores members it does not know, takes an absent version as 1 (the
+// events of 1.0 to 1.3 carry none), handles an event of a higher version as
+// far as it understands it, ignores an event type it does not know, and
+// refuses (closes) a handoff of a kind it does not know. An exchange sends
+// the version it was built with.
+type SessionEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's schema version: 1 for this message (absent: 1).
+	Version uint32 `protobuf:"varint,11,opt,name=version,proto3" json:"version,omitempty"`
+	// "handoff": a new session, its descriptor attached. "host-connected",
+	// "host-disconnected": the host of a persistent session (a virtio-serial
+	// port) came or went, so the parser waits for it without polling.
+	Type    string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Names the session within the connection: a persistent session handed
+	// over again replaces the one of the same name; host events name it.
+	Session string `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	// "stream" (default): a byte stream the parser reads and writes.
+	// "messages": one end of a SOCK_SEQPACKET pair, a packet per request or
+	// response (shared/session.MessageConn; XenStore). "listener": a
+	// listening unix socket the parser accepts on itself.
+	Kind string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The session outlives host disconnects (virtio-serial, isa-serial): on
+	// EOF the parser waits for host-connected instead of ending it.
+	Persistent bool `protobuf:"varint,5,opt,name=persistent,proto3" json:"persistent,omitempty"`
+	// The process at the other end of a local socket (SO_PEERCRED).
+	Peer *SessionPeer `protobuf:"bytes,6,opt,name=peer,proto3" json:"peer,omitempty"`
+	// Where the session comes from, for logs ("unix:/run/qga.sock").
+	Origin string `protobuf:"bytes,7,opt,name=origin,proto3" json:"origin,omitempty"`
+	// For a listener: the most connections served at once (0: no limit), and
+	// the socket's path, removed by the parser when it stops serving it.
+	MaxConnections int32  `protobuf:"varint,8,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	ListenerPath   string `protobuf:"bytes,9,opt,name=listener_path,json=listenerPath,proto3" json:"listener_path,omitempty"`
+	// The session is handed over for good: the parser takes the descriptor's
+	// SIGIO (F_SETOWN) and follows host connects itself (virtio-serial).
+	WatchHost     bool `protobuf:"varint,10,opt,name=watch_host,json=watchHost,proto3" json:"watch_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEvent) Reset() {
+	*x = SessionEvent{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEvent) ProtoMessage() {}
+
+func (x *SessionEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEvent.ProtoReflect.Descriptor instead.
+func (*SessionEvent) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SessionEvent) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetPersistent() bool {
+	if x != nil {
+		return x.Persistent
+	}
+	return false
+}
+
+func (x *SessionEvent) GetPeer() *SessionPeer {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *SessionEvent) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetMaxConnections() int32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetListenerPath() string {
+	if x != nil {
+		return x.ListenerPath
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetWatchHost() bool {
+	if x != nil {
+		return x.WatchHost
+	}
+	return false
+}
+
+type SessionPeer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Uid           int32                  `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           int32                  `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionPeer) Reset() {
+	*x = SessionPeer{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionPeer) ProtoMessage() {}
+
+func (x *SessionPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionPeer.ProtoReflect.Descriptor instead.
+func (*SessionPeer) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SessionPeer) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *SessionPeer) GetUid() int32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *SessionPeer) GetGid() int32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
 type Route struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Command         string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
@@ -1433,7 +1657,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1669,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[19]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1682,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{19}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Route) GetCommand() string {
@@ -1511,7 +1735,7 @@ type ChannelConfig struct {
 
 func (x *ChannelConfig) Reset() {
 	*x = ChannelConfig{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1747,7 @@ func (x *ChannelConfig) String() string {
 func (*ChannelConfig) ProtoMessage() {}
 
 func (x *ChannelConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[20]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1760,7 @@ func (x *ChannelConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChannelConfig.ProtoReflect.Descriptor instead.
 func (*ChannelConfig) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{20}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ChannelConfig) GetName() string {
@@ -1612,7 +1836,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1848,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[21]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1861,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{21}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Limits) GetMaxRequestBytes() int64 {
@@ -1741,7 +1965,7 @@ type ConfigureParserRequest struct {
 
 func (x *ConfigureParserRequest) Reset() {
 	*x = ConfigureParserRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1977,7 @@ func (x *ConfigureParserRequest) String() string {
 func (*ConfigureParserRequest) ProtoMessage() {}
 
 func (x *ConfigureParserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[22]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1990,7 @@ func (x *ConfigureParserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureParserRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureParserRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{22}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConfigureParserRequest) GetChannels() []*ChannelConfig {
@@ -1842,7 +2066,7 @@ type Inbox struct {
 
 func (x *Inbox) Reset() {
 	*x = Inbox{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2078,7 @@ func (x *Inbox) String() string {
 func (*Inbox) ProtoMessage() {}
 
 func (x *Inbox) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2091,7 @@ func (x *Inbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Inbox.ProtoReflect.Descriptor instead.
 func (*Inbox) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{23}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Inbox) GetChannel() string {
@@ -1893,7 +2117,7 @@ type ConfigureParserResponse struct {
 
 func (x *ConfigureParserResponse) Reset() {
 	*x = ConfigureParserResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2129,7 @@ func (x *ConfigureParserResponse) String() string {
 func (*ConfigureParserResponse) ProtoMessage() {}
 
 func (x *ConfigureParserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2142,7 @@ func (x *ConfigureParserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureParserResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureParserResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{24}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConfigureParserResponse) GetInboxes() []*Inbox {
@@ -1939,7 +2163,7 @@ type ParseRequestRequest struct {
 
 func (x *ParseRequestRequest) Reset() {
 	*x = ParseRequestRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2175,7 @@ func (x *ParseRequestRequest) String() string {
 func (*ParseRequestRequest) ProtoMessage() {}
 
 func (x *ParseRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2188,7 @@ func (x *ParseRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ParseRequestRequest.ProtoReflect.Descriptor instead.
 func (*ParseRequestRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{25}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ParseRequestRequest) GetDialect() string {
@@ -1997,7 +2221,7 @@ type ParseRequestResponse struct {
 
 func (x *ParseRequestResponse) Reset() {
 	*x = ParseRequestResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2233,7 @@ func (x *ParseRequestResponse) String() string {
 func (*ParseRequestResponse) ProtoMessage() {}
 
 func (x *ParseRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2246,7 @@ func (x *ParseRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ParseRequestResponse.ProtoReflect.Descriptor instead.
 func (*ParseRequestResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{26}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ParseRequestResponse) GetResponse() []byte {
@@ -2045,7 +2269,7 @@ type EnsureStartedRequest struct {
 
 func (x *EnsureStartedRequest) Reset() {
 	*x = EnsureStartedRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2281,7 @@ func (x *EnsureStartedRequest) String() string {
 func (*EnsureStartedRequest) ProtoMessage() {}
 
 func (x *EnsureStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2294,7 @@ func (x *EnsureStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureStartedRequest.ProtoReflect.Descriptor instead.
 func (*EnsureStartedRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{27}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *EnsureStartedRequest) GetPlugin() string {
@@ -2096,7 +2320,7 @@ type EnsureStartedResponse struct {
 
 func (x *EnsureStartedResponse) Reset() {
 	*x = EnsureStartedResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2332,7 @@ func (x *EnsureStartedResponse) String() string {
 func (*EnsureStartedResponse) ProtoMessage() {}
 
 func (x *EnsureStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2345,7 @@ func (x *EnsureStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureStartedResponse.ProtoReflect.Descriptor instead.
 func (*EnsureStartedResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{28}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *EnsureStartedResponse) GetDataplaneSocket() string {
@@ -2142,7 +2366,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2378,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2391,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{29}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseRequest) GetPlugin() string {
@@ -2188,7 +2412,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2424,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2437,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{30}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseResponse) GetStopped() bool {
@@ -2237,7 +2461,7 @@ type ReopenChannelRequest struct {
 
 func (x *ReopenChannelRequest) Reset() {
 	*x = ReopenChannelRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2473,7 @@ func (x *ReopenChannelRequest) String() string {
 func (*ReopenChannelRequest) ProtoMessage() {}
 
 func (x *ReopenChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2486,7 @@ func (x *ReopenChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenChannelRequest.ProtoReflect.Descriptor instead.
 func (*ReopenChannelRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{31}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReopenChannelRequest) GetChannel() string {
@@ -2287,7 +2511,7 @@ type ReopenChannelResponse struct {
 
 func (x *ReopenChannelResponse) Reset() {
 	*x = ReopenChannelResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2523,7 @@ func (x *ReopenChannelResponse) String() string {
 func (*ReopenChannelResponse) ProtoMessage() {}
 
 func (x *ReopenChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2536,7 @@ func (x *ReopenChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenChannelResponse.ProtoReflect.Descriptor instead.
 func (*ReopenChannelResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{32}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{34}
 }
 
 var File_guestagent_v1_guestagent_proto protoreflect.FileDescriptor
@@ -2416,7 +2640,27 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"handedOver\"/\n" +
 	"\x13CloseChannelRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\"\x16\n" +
-	"\x14CloseChannelResponse\"\xae\x01\n" +
+	"\x14CloseChannelResponse\"\xd9\x02\n" +
+	"\fSessionEvent\x12\x18\n" +
+	"\aversion\x18\v \x01(\rR\aversion\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x18\n" +
+	"\asession\x18\x03 \x01(\tR\asession\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1e\n" +
+	"\n" +
+	"persistent\x18\x05 \x01(\bR\n" +
+	"persistent\x12.\n" +
+	"\x04peer\x18\x06 \x01(\v2\x1a.guestagent.v1.SessionPeerR\x04peer\x12\x16\n" +
+	"\x06origin\x18\a \x01(\tR\x06origin\x12'\n" +
+	"\x0fmax_connections\x18\b \x01(\x05R\x0emaxConnections\x12#\n" +
+	"\rlistener_path\x18\t \x01(\tR\flistenerPath\x12\x1d\n" +
+	"\n" +
+	"watch_host\x18\n" +
+	" \x01(\bR\twatchHost\"C\n" +
+	"\vSessionPeer\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\x05R\x03uid\x12\x10\n" +
+	"\x03gid\x18\x03 \x01(\x05R\x03gid\"\xae\x01\n" +
 	"\x05Route\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12)\n" +
@@ -2517,7 +2761,7 @@ func file_guestagent_v1_guestagent_proto_rawDescGZIP() []byte {
 }
 
 var file_guestagent_v1_guestagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(Kind)(0),                        // 0: guestagent.v1.Kind
 	(FreezeState)(0),                 // 1: guestagent.v1.FreezeState
@@ -2540,20 +2784,22 @@ var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(*OpenChannelResponse)(nil),      // 18: guestagent.v1.OpenChannelResponse
 	(*CloseChannelRequest)(nil),      // 19: guestagent.v1.CloseChannelRequest
 	(*CloseChannelResponse)(nil),     // 20: guestagent.v1.CloseChannelResponse
-	(*Route)(nil),                    // 21: guestagent.v1.Route
-	(*ChannelConfig)(nil),            // 22: guestagent.v1.ChannelConfig
-	(*Limits)(nil),                   // 23: guestagent.v1.Limits
-	(*ConfigureParserRequest)(nil),   // 24: guestagent.v1.ConfigureParserRequest
-	(*Inbox)(nil),                    // 25: guestagent.v1.Inbox
-	(*ConfigureParserResponse)(nil),  // 26: guestagent.v1.ConfigureParserResponse
-	(*ParseRequestRequest)(nil),      // 27: guestagent.v1.ParseRequestRequest
-	(*ParseRequestResponse)(nil),     // 28: guestagent.v1.ParseRequestResponse
-	(*EnsureStartedRequest)(nil),     // 29: guestagent.v1.EnsureStartedRequest
-	(*EnsureStartedResponse)(nil),    // 30: guestagent.v1.EnsureStartedResponse
-	(*ReleaseRequest)(nil),           // 31: guestagent.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),          // 32: guestagent.v1.ReleaseResponse
-	(*ReopenChannelRequest)(nil),     // 33: guestagent.v1.ReopenChannelRequest
-	(*ReopenChannelResponse)(nil),    // 34: guestagent.v1.ReopenChannelResponse
+	(*SessionEvent)(nil),             // 21: guestagent.v1.SessionEvent
+	(*SessionPeer)(nil),              // 22: guestagent.v1.SessionPeer
+	(*Route)(nil),                    // 23: guestagent.v1.Route
+	(*ChannelConfig)(nil),            // 24: guestagent.v1.ChannelConfig
+	(*Limits)(nil),                   // 25: guestagent.v1.Limits
+	(*ConfigureParserRequest)(nil),   // 26: guestagent.v1.ConfigureParserRequest
+	(*Inbox)(nil),                    // 27: guestagent.v1.Inbox
+	(*ConfigureParserResponse)(nil),  // 28: guestagent.v1.ConfigureParserResponse
+	(*ParseRequestRequest)(nil),      // 29: guestagent.v1.ParseRequestRequest
+	(*ParseRequestResponse)(nil),     // 30: guestagent.v1.ParseRequestResponse
+	(*EnsureStartedRequest)(nil),     // 31: guestagent.v1.EnsureStartedRequest
+	(*EnsureStartedResponse)(nil),    // 32: guestagent.v1.EnsureStartedResponse
+	(*ReleaseRequest)(nil),           // 33: guestagent.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),          // 34: guestagent.v1.ReleaseResponse
+	(*ReopenChannelRequest)(nil),     // 35: guestagent.v1.ReopenChannelRequest
+	(*ReopenChannelResponse)(nil),    // 36: guestagent.v1.ReopenChannelResponse
 }
 var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	0,  // 0: guestagent.v1.InfoResponse.kind:type_name -> guestagent.v1.Kind
@@ -2564,41 +2810,42 @@ var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	13, // 5: guestagent.v1.RunResponse.error:type_name -> guestagent.v1.Error
 	1,  // 6: guestagent.v1.RunResponse.freeze_state:type_name -> guestagent.v1.FreezeState
 	12, // 7: guestagent.v1.RunResponse.read_ahead_results:type_name -> guestagent.v1.ReadAheadResult
-	4,  // 8: guestagent.v1.Route.spec:type_name -> guestagent.v1.CommandSpec
-	22, // 9: guestagent.v1.ConfigureParserRequest.channels:type_name -> guestagent.v1.ChannelConfig
-	21, // 10: guestagent.v1.ConfigureParserRequest.routes:type_name -> guestagent.v1.Route
-	23, // 11: guestagent.v1.ConfigureParserRequest.limits:type_name -> guestagent.v1.Limits
-	25, // 12: guestagent.v1.ConfigureParserResponse.inboxes:type_name -> guestagent.v1.Inbox
-	9,  // 13: guestagent.v1.ParseRequestRequest.caller:type_name -> guestagent.v1.Caller
-	2,  // 14: guestagent.v1.Plugin.Info:input_type -> guestagent.v1.InfoRequest
-	5,  // 15: guestagent.v1.Plugin.Health:input_type -> guestagent.v1.HealthRequest
-	7,  // 16: guestagent.v1.Command.Configure:input_type -> guestagent.v1.ConfigureCommandRequest
-	10, // 17: guestagent.v1.Command.Run:input_type -> guestagent.v1.RunRequest
-	15, // 18: guestagent.v1.Command.Retire:input_type -> guestagent.v1.RetireRequest
-	17, // 19: guestagent.v1.Exchange.OpenChannel:input_type -> guestagent.v1.OpenChannelRequest
-	19, // 20: guestagent.v1.Exchange.CloseChannel:input_type -> guestagent.v1.CloseChannelRequest
-	24, // 21: guestagent.v1.Parser.Configure:input_type -> guestagent.v1.ConfigureParserRequest
-	27, // 22: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
-	29, // 23: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
-	31, // 24: guestagent.v1.Host.Release:input_type -> guestagent.v1.ReleaseRequest
-	33, // 25: guestagent.v1.Host.ReopenChannel:input_type -> guestagent.v1.ReopenChannelRequest
-	3,  // 26: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
-	6,  // 27: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
-	8,  // 28: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
-	14, // 29: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
-	16, // 30: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
-	18, // 31: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
-	20, // 32: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
-	26, // 33: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
-	28, // 34: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
-	30, // 35: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
-	32, // 36: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
-	34, // 37: guestagent.v1.Host.ReopenChannel:output_type -> guestagent.v1.ReopenChannelResponse
-	26, // [26:38] is the sub-list for method output_type
-	14, // [14:26] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	22, // 8: guestagent.v1.SessionEvent.peer:type_name -> guestagent.v1.SessionPeer
+	4,  // 9: guestagent.v1.Route.spec:type_name -> guestagent.v1.CommandSpec
+	24, // 10: guestagent.v1.ConfigureParserRequest.channels:type_name -> guestagent.v1.ChannelConfig
+	23, // 11: guestagent.v1.ConfigureParserRequest.routes:type_name -> guestagent.v1.Route
+	25, // 12: guestagent.v1.ConfigureParserRequest.limits:type_name -> guestagent.v1.Limits
+	27, // 13: guestagent.v1.ConfigureParserResponse.inboxes:type_name -> guestagent.v1.Inbox
+	9,  // 14: guestagent.v1.ParseRequestRequest.caller:type_name -> guestagent.v1.Caller
+	2,  // 15: guestagent.v1.Plugin.Info:input_type -> guestagent.v1.InfoRequest
+	5,  // 16: guestagent.v1.Plugin.Health:input_type -> guestagent.v1.HealthRequest
+	7,  // 17: guestagent.v1.Command.Configure:input_type -> guestagent.v1.ConfigureCommandRequest
+	10, // 18: guestagent.v1.Command.Run:input_type -> guestagent.v1.RunRequest
+	15, // 19: guestagent.v1.Command.Retire:input_type -> guestagent.v1.RetireRequest
+	17, // 20: guestagent.v1.Exchange.OpenChannel:input_type -> guestagent.v1.OpenChannelRequest
+	19, // 21: guestagent.v1.Exchange.CloseChannel:input_type -> guestagent.v1.CloseChannelRequest
+	26, // 22: guestagent.v1.Parser.Configure:input_type -> guestagent.v1.ConfigureParserRequest
+	29, // 23: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
+	31, // 24: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
+	33, // 25: guestagent.v1.Host.Release:input_type -> guestagent.v1.ReleaseRequest
+	35, // 26: guestagent.v1.Host.ReopenChannel:input_type -> guestagent.v1.ReopenChannelRequest
+	3,  // 27: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
+	6,  // 28: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
+	8,  // 29: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
+	14, // 30: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
+	16, // 31: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
+	18, // 32: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
+	20, // 33: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
+	28, // 34: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
+	30, // 35: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
+	32, // 36: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
+	34, // 37: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
+	36, // 38: guestagent.v1.Host.ReopenChannel:output_type -> guestagent.v1.ReopenChannelResponse
+	27, // [27:39] is the sub-list for method output_type
+	15, // [15:27] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_guestagent_v1_guestagent_proto_init() }
@@ -2612,7 +2859,7 @@ func file_guestagent_v1_guestagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestagent_v1_guestagent_proto_rawDesc), len(file_guestagent_v1_guestagent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   5,
 		},
