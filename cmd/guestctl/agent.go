@@ -79,3 +79,5 @@ func (a *agent) call(ctx context.Context, o *options, command string, args any, 
 	}
 	return nil
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

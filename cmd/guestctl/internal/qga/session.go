@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -75,6 +76,10 @@ func (s *Session) readLoop() {
 			break
 		}
 		line = bytes.TrimLeft(line, "\xff")
+		if id, ret, ok := bulkReply(line); ok {
+			s.deliver(id, sessionReply{ret: ret})
+			continue
+		}
 		var reply struct {
 			ID     json.RawMessage `json:"id"`
 			Return json.RawMessage `json:"return"`
@@ -87,20 +92,13 @@ func (s *Session) readLoop() {
 		if json.Unmarshal(reply.ID, &id) != nil {
 			continue // a reply to a request of before our sync, or without id
 		}
-		s.mu.Lock()
-		ch := s.pending[id]
-		delete(s.pending, id)
-		s.mu.Unlock()
-		if ch == nil {
-			continue // a call that gave up
-		}
 		r := sessionReply{ret: reply.Return}
 		if reply.Error != nil {
 			r.err = reply.Error
 		} else if reply.Return == nil {
 			r.err = fmt.Errorf("reply without return or error: %q", line)
 		}
-		ch <- r
+		s.deliver(id, r)
 	}
 	s.mu.Lock()
 	s.err = fmt.Errorf("connection to the agent: %w", err)
@@ -110,6 +108,69 @@ func (s *Session) readLoop() {
 	}
 	s.mu.Unlock()
 	close(s.done)
+}
+
+// deliver hands a reply to the call waiting for it, if it still waits.
+func (s *Session) deliver(id string, r sessionReply) {
+	s.mu.Lock()
+	ch := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if ch != nil {
+		ch <- r
+	}
+}
+
+// bulkMin is the reply size from which bulkReply is tried.
+const bulkMin = 64 << 10
+
+// bulkReply takes a large success reply apart without scanning it, as
+// {"return": VALUE, "id": "ID"} (both agents write the id last): a
+// guest-file-read of a megabyte is otherwise decoded twice, once here and
+// once by its caller, who decodes VALUE anyway. Anything of another shape
+// is left to encoding/json.
+func bulkReply(line []byte) (id string, ret json.RawMessage, ok bool) {
+	if len(line) < bulkMin {
+		return "", nil, false
+	}
+	rest, ok := bytes.CutPrefix(line, []byte(`{"return":`))
+	if !ok {
+		return "", nil, false
+	}
+	end := bytes.TrimRight(rest, " \r\n")
+	end, ok = bytes.CutSuffix(end, []byte("}"))
+	if !ok {
+		return "", nil, false
+	}
+	end = bytes.TrimRight(end, " ")
+	// The id: a plain string of ours, "gcN".
+	if len(end) < 2 || end[len(end)-1] != '"' {
+		return "", nil, false
+	}
+	q := bytes.LastIndexByte(end[:len(end)-1], '"')
+	if q < 0 {
+		return "", nil, false
+	}
+	id = string(end[q+1 : len(end)-1])
+	if !strings.HasPrefix(id, "gc") {
+		return "", nil, false
+	}
+	head := bytes.TrimRight(end[:q], " ")
+	head, ok = bytes.CutSuffix(head, []byte(":"))
+	if !ok {
+		return "", nil, false
+	}
+	head = bytes.TrimRight(head, " ")
+	head, ok = bytes.CutSuffix(head, []byte(`"id"`))
+	if !ok {
+		return "", nil, false
+	}
+	head = bytes.TrimRight(head, " ")
+	head, ok = bytes.CutSuffix(head, []byte(","))
+	if !ok {
+		return "", nil, false
+	}
+	return id, json.RawMessage(bytes.TrimSpace(head)), true
 }
 
 // Call sends one request and waits for its reply, at most until ctx ends.
