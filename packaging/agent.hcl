@@ -117,14 +117,9 @@
 # Another example: negotiator's host-to-guest port, where the host
 # (guestctl negotiator, negotiator-host) calls cmd-exec's list-commands and
 # execute; the same as the flags -m virtio-serial -p negotiator-host-to-guest.0
-# --dialect negotiator.
-# channel "negotiator" {
-#   method = "virtio-serial"
-#   path = "/dev/virtio-ports/negotiator-host-to-guest.0"
-#   dialect = "negotiator"
-#   allow_rpcs = ["list-commands", "execute"]
-#   options = { retry_path = true }
-# }
+# --dialect negotiator. Written as a block: channel "negotiator" { method =
+# "virtio-serial", path = "/dev/virtio-ports/negotiator-host-to-guest.0",
+# dialect = "negotiator", allow_rpcs = ["list-commands", "execute"] }.
 
 # negotiator's guest-to-host port held by the agent: programs of the guest
 # call the host (guest-agent host list-commands | exec CMD) through socket
