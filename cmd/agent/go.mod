@@ -4,7 +4,6 @@ go 1.26.0
 
 require (
 	github.com/cpuguy83/go-md2man/v2 v2.0.6
-	github.com/fsnotify/fsnotify v1.10.1
 	github.com/guest-agent/guest-agent/cmd/docgen v0.0.0
 	github.com/guest-agent/guest-agent/shared v0.0.0
 	github.com/hashicorp/go-hclog v1.6.3
