@@ -184,3 +184,34 @@ limits {
 		t.Fatalf("after the long line: %v", r)
 	}
 }
+
+// The three examples together, nothing of the agent's own in the path but
+// the engine: the lines dialect over the TCP exchange, running the command
+// plugin's guest-hello.
+func TestExamplesTogether(t *testing.T) {
+	port := freePort(t)
+	harness.StartAgent(t, harness.Options{PluginDir: pluginDir, Config: fmt.Sprintf(`
+channel "lines-tcp" {
+  method  = "tcp-listen"
+  path    = "127.0.0.1:%d"
+  dialect = "lines"
+}
+`, port)})
+	var c *linesConn
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c = &linesConn{t: t, Conn: conn, r: bufio.NewReader(conn)}
+			t.Cleanup(func() { conn.Close() })
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lines-tcp channel did not open: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.send(`{"cmd":"guest-hello","args":{"name":"one"}}`, `{"cmd":"guest-hello","args":{"name":"two"}}`)
+	if one, two := c.read(), c.read(); string(one.OK) != `{"greeting":"hello, one"}` || string(two.OK) != `{"greeting":"hello, two"}` {
+		t.Fatalf("guest-hello over lines over TCP: %v, %v", one, two)
+	}
+}

@@ -103,8 +103,13 @@ channel "qga" {
 	if restarted == 0 || restarted == exchange {
 		t.Fatalf("exchange pid %d after the restart (was %d)", restarted, exchange)
 	}
-	if !strings.Contains(a.Log.String(), "channels restored after plugin restart") {
-		t.Fatalf("the supervisor did not log the channel's recovery")
+	// Logged once every channel of the exchange is open again, which may
+	// be just after the first connection was served.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(a.Log.String(), "channels restored after plugin restart"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the supervisor did not log the channel's recovery")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if p := childNamed(agentPID, "guest-agent-parser-json"); p != parser {
 		t.Fatalf("the parser changed (%d, was %d): only the exchange was to restart", p, parser)
