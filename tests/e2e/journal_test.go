@@ -202,6 +202,9 @@ func TestJournalLines(t *testing.T) {
 // them go-plugin's own lines on a plugin's start and end.
 func TestJournalDebugPriority(t *testing.T) {
 	a := startJournalAgent(t, "self", "-v")
+	// The handed-over listener answers before the supervisor has finished
+	// its start: stopped then, it never logs "agent ready".
+	a.waitFor(t, regexp.MustCompile(`(?m)^<6>\[INFO\]  guest-agent: agent ready: `))
 	a.stop(t)
 	log := a.read(t)
 	for _, line := range strings.Split(strings.TrimSuffix(log, "\n"), "\n") {
