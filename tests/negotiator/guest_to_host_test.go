@@ -1,6 +1,7 @@
 package negotiator
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -137,6 +138,38 @@ channel "qga" {
 	f.send(map[string]any{"command": "execute", "arguments": []string{"whoami"}})
 	if got := f.output(); got != "vm-two" {
 		t.Fatalf("after a malformed length: %q", got)
+	}
+
+	f.send(map[string]any{"method": "execute", "args": []string{"upper"}, "kw": map[string]any{"input": "über"}})
+	if got := f.output(); got != "üBER" {
+		t.Fatalf("input through the agent: %q", got)
+	}
+	f.send(map[string]any{"method": "execute", "args": []string{"unicode"}})
+	if got := f.output(); got != "✓ déjà vu" {
+		t.Fatalf("non-ASCII through the agent: %q", got)
+	}
+	f.send(map[string]any{"method": "execute", "args": []string{"big"}})
+	if got := f.output(); len(got) != 1200000 {
+		t.Fatalf("reply over 1 MiB through the agent: %d bytes", len(got))
+	}
+	f.send(map[string]any{"method": "execute", "args": []string{"fails"}})
+	f.failure("command 'fails' failed: exit status 7: disk on fire")
+	f.send(map[string]any{"method": "execute", "args": []string{"missing"}})
+	f.failure("command 'missing' not found")
+	f.send(map[string]any{"method": "execute", "args": []string{"../../bin/sh", "-c", "id"}})
+	f.failure("command 'sh' not found")
+	f.send(map[string]any{"method": "list_commands"})
+	var names []string
+	if r := f.reply(); !*r.Success || json.Unmarshal(r.Result, &names) != nil || len(names) < 6 {
+		t.Fatalf("list_commands through the agent: %+v", r)
+	}
+	// A caller that leaves mid-frame costs nobody else anything.
+	f.raw("80\n{\"method\": \"execute\", \"ar")
+	f.c.Close()
+	g := dialFrames(t, relay)
+	g.send(map[string]any{"method": "execute", "args": []string{"whoami"}})
+	if got := g.output(); got != "vm-two" {
+		t.Fatalf("after a caller left mid-frame: %q", got)
 	}
 
 	const callers = 6
