@@ -24,9 +24,9 @@ func startServer(t testing.TB, h Handler) string {
 	return sock
 }
 
-func echo(_ context.Context, req *pb.RunRequest) Reply {
+func echo(_ context.Context, req *pb.RunRequest) Answer {
 	// The request blob is recycled after the handler: copy it.
-	return Reply{Resp: &pb.RunResponse{ResultJson: req.ArgsJson, Blob: append([]byte(nil), req.Blob...)}}
+	return Answer{Resp: &pb.RunResponse{ResultJson: req.ArgsJson, Blob: append([]byte(nil), req.Blob...)}}
 }
 
 func TestRoundTripAndBlobs(t *testing.T) {
@@ -50,9 +50,9 @@ func TestRoundTripAndBlobs(t *testing.T) {
 
 func TestConnectionLostFailsPending(t *testing.T) {
 	block := make(chan struct{})
-	sock := startServer(t, func(ctx context.Context, req *pb.RunRequest) Reply {
+	sock := startServer(t, func(ctx context.Context, req *pb.RunRequest) Answer {
 		<-block
-		return Reply{Resp: &pb.RunResponse{}}
+		return Answer{Resp: &pb.RunResponse{}}
 	})
 	c, err := Dial(context.Background(), sock)
 	if err != nil {

@@ -211,13 +211,13 @@ func FuzzServeConn(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		parser, plugin := net.Pipe()
-		h := func(ctx context.Context, req *pb.RunRequest) Reply {
+		h := func(ctx context.Context, req *pb.RunRequest) Answer {
 			if tk := TicketFrom(ctx); tk != nil {
 				sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				_, _ = tk.Settle(sctx)
 				cancel()
 			}
-			return Reply{Resp: &pb.RunResponse{ResultJson: append([]byte(nil), req.ArgsJson...), Blob: append([]byte(nil), req.Blob...)}}
+			return Answer{Resp: &pb.RunResponse{ResultJson: append([]byte(nil), req.ArgsJson...), Blob: append([]byte(nil), req.Blob...)}}
 		}
 		served := make(chan struct{})
 		go func() {

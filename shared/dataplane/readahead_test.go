@@ -13,7 +13,7 @@ import (
 // hands each run's ticket to the test, as a plugin would keep it.
 func aheadServer(t *testing.T) (sock string, tickets chan *Ticket) {
 	tickets = make(chan *Ticket, 8)
-	sock = startServer(t, func(ctx context.Context, req *pb.RunRequest) Reply {
+	sock = startServer(t, func(ctx context.Context, req *pb.RunRequest) Answer {
 		if tk := TicketFrom(ctx); tk != nil {
 			tickets <- tk
 			resp := &pb.RunResponse{}
@@ -22,9 +22,9 @@ func aheadServer(t *testing.T) (sock string, tickets chan *Ticket) {
 				resp.ReadAheadResults = append(resp.ReadAheadResults, &pb.ReadAheadResult{ResultJson: []byte("{}"), BlobSize: 2, More: true})
 				blobs = append(blobs, []byte{byte(i), byte(i)})
 			}
-			return Reply{Resp: resp, Blobs: blobs}
+			return Answer{Resp: resp, Blobs: blobs}
 		}
-		return Reply{Resp: &pb.RunResponse{}}
+		return Answer{Resp: &pb.RunResponse{}}
 	})
 	return sock, tickets
 }

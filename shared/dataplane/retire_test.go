@@ -19,8 +19,8 @@ func TestServerRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{Handler: func(ctx context.Context, req *pb.RunRequest) Reply {
-		return Reply{Resp: &pb.RunResponse{ResultJson: []byte(`{}`)}}
+	srv := &Server{Handler: func(ctx context.Context, req *pb.RunRequest) Answer {
+		return Answer{Resp: &pb.RunResponse{ResultJson: []byte(`{}`)}}
 	}, Logger: hclog.NewNullLogger()}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background(), ln) }()

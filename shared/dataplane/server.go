@@ -17,10 +17,11 @@ import (
 
 // Handler runs one request. It is called concurrently; it must not keep
 // req.Blob after returning (the buffer is recycled).
-type Handler func(ctx context.Context, req *pb.RunRequest) Reply
+type Handler func(ctx context.Context, req *pb.RunRequest) Answer
 
-// Reply is a handler's answer.
-type Reply struct {
+// Answer is a handler's answer on the data plane (sdk.Reply is what a
+// command's handler returns; the SDK turns it into an Answer).
+type Answer struct {
 	Resp *pb.RunResponse
 	// Blobs, when not nil, is the frame's blob in parts (a read-ahead run's
 	// results), sent with one writev in place of Resp.Blob.

@@ -195,7 +195,7 @@ const maxReadAheadRuns = 64
 
 // serveDataplane runs a data plane request; buffers from AllocBlob are
 // recycled once the response is written.
-func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
+func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) dataplane.Answer {
 	if len(req.Blob) >= dataplane.BulkSize {
 		p.memory.BulkDone()
 	}
@@ -204,9 +204,9 @@ func (p *CommandPlugin) serveDataplane(ctx context.Context, req *pb.RunRequest) 
 	}
 	resp, call := p.run(ctx, req)
 	if call == nil || len(call.pooled) == 0 {
-		return dataplane.Reply{Resp: resp}
+		return dataplane.Answer{Resp: resp}
 	}
-	return dataplane.Reply{Resp: resp, Done: func() { p.recycle(call) }}
+	return dataplane.Answer{Resp: resp, Done: func() { p.recycle(call) }}
 }
 
 func (p *CommandPlugin) recycle(call *Call) {
@@ -221,11 +221,11 @@ func (p *CommandPlugin) recycle(call *Call) {
 // serveReadAhead runs a read-ahead request: the command again and again, as
 // the host would ask it, until the count asked for, a run that has no more,
 // or a failure (which the command has undone: it ends the results, unsent).
-func (p *CommandPlugin) serveReadAhead(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
+func (p *CommandPlugin) serveReadAhead(ctx context.Context, req *pb.RunRequest) dataplane.Answer {
 	runs := int(min(max(req.ReadAheadRuns, 1), maxReadAheadRuns))
 	cmd := p.index[req.Command]
 	if cmd == nil || !cmd.ReadAhead {
-		return dataplane.Reply{Resp: &pb.RunResponse{Error: &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("%s cannot be read ahead", req.Command)}}}
+		return dataplane.Answer{Resp: &pb.RunResponse{Error: &pb.Error{Class: ClassGenericError, Desc: fmt.Sprintf("%s cannot be read ahead", req.Command)}}}
 	}
 	out := &pb.RunResponse{}
 	var blobs [][]byte
@@ -247,7 +247,7 @@ func (p *CommandPlugin) serveReadAhead(ctx context.Context, req *pb.RunRequest) 
 			break
 		}
 	}
-	return dataplane.Reply{Resp: out, Blobs: blobs, Done: func() {
+	return dataplane.Answer{Resp: out, Blobs: blobs, Done: func() {
 		for _, c := range calls {
 			p.recycle(c)
 		}

@@ -59,7 +59,7 @@ func (f *inFlight) drained() <-chan struct{} {
 // counted wraps a data plane handler so that a request counts until its
 // reply has been written (the data plane calls Done then).
 func (f *inFlight) counted(h dataplane.Handler) dataplane.Handler {
-	return func(ctx context.Context, req *pb.RunRequest) dataplane.Reply {
+	return func(ctx context.Context, req *pb.RunRequest) dataplane.Answer {
 		f.begin()
 		reply := h(ctx, req)
 		done := reply.Done

@@ -19,11 +19,11 @@ func TestInFlightCountsUntilTheReplyIsWritten(t *testing.T) {
 		t.Fatal("nothing runs: drained at once")
 	}
 	release := make(chan struct{})
-	h := f.counted(func(context.Context, *pb.RunRequest) dataplane.Reply {
+	h := f.counted(func(context.Context, *pb.RunRequest) dataplane.Answer {
 		<-release
-		return dataplane.Reply{Resp: &pb.RunResponse{}}
+		return dataplane.Answer{Resp: &pb.RunResponse{}}
 	})
-	replied := make(chan dataplane.Reply)
+	replied := make(chan dataplane.Answer)
 	go func() { replied <- h(context.Background(), &pb.RunRequest{}) }()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		f.mu.Lock()
