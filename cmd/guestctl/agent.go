@@ -18,20 +18,36 @@ type agent struct {
 // openAgent connects to the --socket/--domain guest, resynchronises and
 // reads guest-info, all within the exchange timeout.
 func openAgent(ctx context.Context, o *options) (*agent, error) {
-	return openAgentAt(ctx, o, o.socket)
+	a, err := openSession(ctx, o, o.socket)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.loadInfo(ctx, o); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
 }
 
-func openAgentAt(ctx context.Context, o *options, socket string) (*agent, error) {
+// openSession connects to socket and resynchronises, within the exchange
+// timeout.
+func openSession(ctx context.Context, o *options, socket string) (*agent, error) {
 	cctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	s, err := qga.Open(cctx, socket, o.noSync)
 	if err != nil {
 		return nil, err
 	}
-	ret, err := s.Call(cctx, "guest-info", nil)
+	return &agent{Session: s}, nil
+}
+
+// loadInfo learns what the agent serves (guest-info).
+func (a *agent) loadInfo(ctx context.Context, o *options) error {
+	cctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	ret, err := a.Call(cctx, "guest-info", nil)
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("guest-info: %w", err)
+		return fmt.Errorf("guest-info: %w", err)
 	}
 	var info struct {
 		Version  string `json:"version"`
@@ -41,16 +57,15 @@ func openAgentAt(ctx context.Context, o *options, socket string) (*agent, error)
 		} `json:"supported_commands"`
 	}
 	if err := json.Unmarshal(ret, &info); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("decode guest-info: %w", err)
+		return fmt.Errorf("decode guest-info: %w", err)
 	}
-	a := &agent{Session: s, commands: map[string]bool{}, version: info.Version}
+	a.commands, a.version = map[string]bool{}, info.Version
 	for _, c := range info.Commands {
 		if c.Enabled {
 			a.commands[c.Name] = true
 		}
 	}
-	return a, nil
+	return nil
 }
 
 // serves tells whether the agent serves every one of the commands.

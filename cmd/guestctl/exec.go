@@ -76,10 +76,19 @@ ended it within 3 s, and guestctl gives up waiting 3 s after a SIGKILL,
 since qemu-ga reports the end only once every process holding the output
 has ended), and refuses --cwd and --user.
 
+With --all or several --domain names the command runs in every guest at
+once (--parallel), without -i; each guest's output comes when its command
+has ended, each line prefixed with the guest's name (--json: one object per
+guest with exit, stdout, stderr), and guestctl exits 1 when any failed or
+exited non-zero. Each command then runs at most its --timeout (default 5m).
+
 --env K=V sets the command's whole environment, as guest-exec does; PATH is
 added (` + defaultPath[5:] + `) unless given.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, argv []string) error {
+			if o.multi() {
+				return runExecAll(cmd, o, f, argv)
+			}
 			code, err := runExec(cmd, o, f, argv)
 			if err != nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), "guestctl:", err)
@@ -156,18 +165,12 @@ func runExec(cmd *cobra.Command, o *options, f *execFlags, argv []string) (int, 
 	}
 	args := map[string]any{"path": argv[0], "arg": argv[1:], "capture-output": true}
 	if len(f.env) > 0 {
-		env := append([]string(nil), f.env...)
-		hasPath := false
-		for _, kv := range env {
+		for _, kv := range f.env {
 			if !strings.Contains(kv, "=") {
 				return 0, fmt.Errorf("--env %q is not K=V", kv)
 			}
-			hasPath = hasPath || strings.HasPrefix(kv, "PATH=")
 		}
-		if !hasPath {
-			env = append([]string{defaultPath}, env...)
-		}
-		args["env"] = env
+		args["env"] = withPath(f.env)
 	}
 	if r.extended {
 		if f.timeout > 0 {
@@ -474,4 +477,82 @@ func (r *runner) exitCodeOf(st *execStatus) int {
 		return *st.Exitcode
 	}
 	return exitFailed
+}
+
+// defaultAllTimeout bounds each guest's command in a multi-guest exec
+// without --timeout.
+const defaultAllTimeout = 5 * time.Minute
+
+// runExecAll runs the command in every guest of a multi-guest run and
+// reports each one's output and status when it has ended.
+func runExecAll(cmd *cobra.Command, o *options, f *execFlags, argv []string) error {
+	if f.stdin {
+		return errors.New("-i takes one guest: not with --all or several --domain names")
+	}
+	limit := f.timeout
+	if limit == 0 {
+		limit = defaultAllTimeout
+	}
+	perGuest := *o
+	perGuest.timeout = limit + o.timeout
+	return runOp(cmd, &perGuest, func(ctx context.Context, a *agent) (result, error) {
+		if err := a.loadInfo(ctx, o); err != nil {
+			return result{}, err
+		}
+		extended := a.serves("guest-exec-terminate")
+		if !extended && (f.cwd != "" || f.user != "" || f.group != "") {
+			return result{}, errors.New("--cwd, --user and --group need guest-agent: this agent (qemu-ga?) does not serve them")
+		}
+		args := map[string]any{"path": argv[0], "arg": argv[1:], "capture-output": true}
+		if len(f.env) > 0 {
+			args["env"] = withPath(f.env)
+		}
+		if extended {
+			args["timeout"] = limit.Seconds()
+			for k, v := range map[string]string{"cwd": f.cwd, "user": f.user, "group": f.group} {
+				if v != "" {
+					args[k] = v
+				}
+			}
+		}
+		var started struct {
+			Pid int64 `json:"pid"`
+		}
+		if err := a.call(ctx, o, "guest-exec", args, &started); err != nil {
+			return result{}, err
+		}
+		r := &runner{o: o, f: &execFlags{timeout: limit}, a: a, pid: started.Pid, started: time.Now(), extended: extended,
+			stdout: io.Discard, stderr: io.Discard, sigq: make(chan string, 1)}
+		st, err := r.poll(ctx)
+		if err != nil {
+			return result{}, err
+		}
+		stdout, _ := base64.StdEncoding.DecodeString(st.OutData)
+		stderr, _ := base64.StdEncoding.DecodeString(st.ErrData)
+		code := r.exitCodeOf(st)
+		var text strings.Builder
+		text.Write(stdout)
+		for _, l := range strings.SplitAfter(string(stderr), "\n") {
+			if l != "" {
+				text.WriteString("stderr: " + l)
+			}
+		}
+		if text.Len() > 0 && !strings.HasSuffix(text.String(), "\n") {
+			text.WriteByte('\n')
+		}
+		fmt.Fprintf(&text, "exit %d\n", code)
+		return result{text: text.String(), code: code,
+			value: map[string]any{"exit": code, "stdout": string(stdout), "stderr": string(stderr), "timed-out": st.TimedOut}}, nil
+	})
+}
+
+// withPath is env with a PATH in front unless it sets one: guest-exec's
+// env replaces the whole environment.
+func withPath(env []string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PATH=") {
+			return env
+		}
+	}
+	return append([]string{defaultPath}, env...)
 }

@@ -4,12 +4,10 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/guest-agent/guest-agent/cmd/guestctl/internal/domains"
@@ -24,6 +22,11 @@ type options struct {
 	timeout time.Duration
 	noSync  bool
 	guests  guestFlags
+	json    bool // --json: JSON for scripts instead of text for people
+	// Several guests at once (multi.go): --all, or --domain a,b,...
+	all      bool
+	parallel int
+	targets  []guestTarget // resolved when several guests are named
 }
 
 func main() {
@@ -60,10 +63,22 @@ It works with guest-agent and with qemu-ga.`,
 	root.PersistentFlags().DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of each exchange with the agent")
 	root.PersistentFlags().BoolVar(&o.noSync, "no-sync", false, "skip the guest-sync-delimited handshake before the command")
 	o.guests.register(root)
+	root.PersistentFlags().BoolVar(&o.json, "json", false, "print JSON (one object per guest with several) instead of text for people")
+	root.PersistentFlags().BoolVarP(&o.all, "all", "a", false, "every running guest with an agent channel (ping, info, call, exec and the query commands)")
+	root.PersistentFlags().IntVar(&o.parallel, "parallel", 64, "guests talked to at once with --all or several --domain names")
 	// Required by the commands that talk to an agent, not by help or
 	// completion (cobra's required flag would refuse "completion bash").
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		if !talksToAgent(cmd) {
+			return nil
+		}
+		if o.all || strings.Contains(o.guests.domain, ",") {
+			if o.socket != "" {
+				return fmt.Errorf("--socket names one guest: not with --all or several --domain names")
+			}
+			return o.resolveTargets(cmdContext(cmd))
+		}
+		if cmd.Name() == "list" {
 			return nil
 		}
 		switch {
@@ -81,71 +96,7 @@ It works with guest-agent and with qemu-ga.`,
 		return nil
 	}
 
-	root.AddCommand(&cobra.Command{
-		Use: "ping", Short: "Check that the agent answers", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			start := time.Now()
-			if _, err := call(cmd.Context(), o, "guest-ping", nil); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "agent answered in %s\n", time.Since(start).Round(time.Microsecond))
-			return nil
-		},
-	})
-	root.AddCommand(&cobra.Command{
-		Use: "info", Short: "Show the agent's version and commands", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ret, err := call(cmd.Context(), o, "guest-info", nil)
-			if err != nil {
-				return err
-			}
-			var info struct {
-				Version  string `json:"version"`
-				Commands []struct {
-					Name            string `json:"name"`
-					Enabled         bool   `json:"enabled"`
-					SuccessResponse bool   `json:"success-response"`
-				} `json:"supported_commands"`
-			}
-			if err := json.Unmarshal(ret, &info); err != nil {
-				return fmt.Errorf("decode guest-info: %w", err)
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "version: %s\n", info.Version)
-			for _, c := range info.Commands {
-				state := "enabled"
-				if !c.Enabled {
-					state = "disabled"
-				}
-				fmt.Fprintf(w, "  %-36s %s\n", c.Name, state)
-			}
-			return nil
-		},
-	})
-	root.AddCommand(&cobra.Command{
-		Use: "call NAME [JSON-ARGUMENTS]", Short: "Run any command and print its JSON result", Args: cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, argv []string) error {
-			var args any
-			if len(argv) == 2 {
-				var raw json.RawMessage
-				if err := json.Unmarshal([]byte(argv[1]), &raw); err != nil {
-					return fmt.Errorf("arguments are not JSON: %w", err)
-				}
-				args = raw
-			}
-			ret, err := call(cmd.Context(), o, argv[0], args)
-			if err != nil {
-				return err
-			}
-			var out bytes.Buffer
-			if json.Indent(&out, ret, "", "  ") != nil {
-				out.Reset()
-				out.Write(ret)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), out.String())
-			return nil
-		},
-	})
+	root.AddCommand(newPingCmd(o), newInfoCmd(o), newCallCmd(o), newListCmd(o))
 	root.AddCommand(&cobra.Command{
 		Use: "raw JSON", Short: "Send one raw request line (no sync) and print the raw reply", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, argv []string) error {
@@ -180,24 +131,4 @@ func talksToAgent(cmd *cobra.Command) bool {
 		}
 	}
 	return true
-}
-
-// call connects, syncs and runs one command.
-func call(ctx context.Context, o *options, command string, args any) (json.RawMessage, error) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	c, err := qga.Dial(ctx, o.socket, o.timeout)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	if !o.noSync {
-		if err := c.Sync(); err != nil {
-			return nil, err
-		}
-	}
-	return c.Call(command, args)
 }

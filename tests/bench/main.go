@@ -33,9 +33,10 @@ type agent struct {
 func main() {
 	pings := flag.Int("pings", 5000, "guest-ping calls per agent")
 	fileMiB := flag.Int("file-mib", 64, "size of the file moved by the file benchmarks")
-	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec,badinput,negotiator")
+	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec,badinput,negotiator,guestctl")
 	chunkList := flag.String("chunks", "4,64,1024", "comma-separated chunk sizes in KiB for the file benchmarks")
 	negGuests := flag.Int("negotiator-guests", 500, "simulated guests served by guestctl daemon (negotiator)")
+	ctlGuests := flag.Int("guestctl-guests", 500, "simulated guests of guestctl --all ping")
 	flag.Parse()
 	bin := os.Getenv("GUEST_AGENT_BIN")
 	if bin == "" {
@@ -114,6 +115,10 @@ func main() {
 		ea := execTrue(ours.socket, 50)
 		eb := execTrue(ref.socket, 50)
 		row("guest-exec /bin/true + status (ms)", ea, eb, "%.2f", "median of 50")
+	}
+	if want("guestctl") {
+		benchCp(bin, ours, ref, *fileMiB)
+		benchGuestctlAll(bin, *ctlGuests)
 	}
 	if want("negotiator") {
 		benchNegotiator(bin, *negGuests, *pings)

@@ -35,7 +35,7 @@ func Dial(ctx context.Context, socket string, timeout time.Duration) (*Client, e
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", socket, err)
 	}
-	return &Client{conn: conn, r: bufio.NewReaderSize(conn, 1<<20), Timeout: timeout}, nil
+	return &Client{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), Timeout: timeout}, nil
 }
 
 // Close closes the connection.
