@@ -179,6 +179,17 @@ type StreamSession interface {
 	// the transport has deadlines; it reports whether it has. Dialects use
 	// it with RequestIdleTimeout.
 	SetReadDeadline(t time.Time) bool
+	// RequestTimeout is the channel's request_timeout: how long a
+	// connection may take to send its whole request (the monitor
+	// dialect's); 0: the dialect's default.
+	RequestTimeout() time.Duration
+	// CloseWrite ends the session's writing side while its reading side
+	// stays open (a socket's shutdown(SHUT_WR)): the peer reads EOF after
+	// the last reply, and what it sent beyond may still be read and
+	// dropped (closing a unix socket with input unread makes the peer's
+	// next read fail with ECONNRESET instead of EOF). Sessions without
+	// half-close report an error and stay as they were.
+	CloseWrite() error
 	// Origin describes where the session comes from, for logs.
 	Origin() string
 }

@@ -20,6 +20,9 @@ type Failure struct {
 	Timeout time.Duration
 	// Cause is what went wrong with the plugin (FailUnavailable).
 	Cause error
+	// Caller names who was refused (FailDenied): "uid 1000 gid 1000 pid
+	// 4242", and Channel where.
+	Caller, Channel string
 }
 
 // FailureKind is the reason of a Failure. Kinds may be added: a dialect
@@ -49,6 +52,9 @@ const (
 	// FailUnavailable: the plugin could not run the command (it exited
 	// while running it, or could not be started); see Cause.
 	FailUnavailable
+	// FailDenied: the channel's policy per caller does not let this
+	// caller (Caller) call the command.
+	FailDenied
 )
 
 // Error is the plain English rendering the engine puts in Outcome.Err.
@@ -70,6 +76,8 @@ func (f *Failure) Error() string {
 		return fmt.Sprintf("command %s timed out after %s", f.Command, f.Timeout)
 	case FailUnavailable:
 		return fmt.Sprintf("command %s failed: %v", f.Command, f.Cause)
+	case FailDenied:
+		return fmt.Sprintf("Permission denied: %s may not call %s on channel %s (its allow policy)", f.Caller, f.Command, f.Channel)
 	}
 	return fmt.Sprintf("command %s failed", f.Command)
 }

@@ -149,6 +149,24 @@ func (s *streamSession) SetReadDeadline(t time.Time) bool {
 	return false
 }
 
+// RequestTimeout is the channel's request_timeout; 0: the dialect's
+// default.
+func (s *streamSession) RequestTimeout() time.Duration {
+	return time.Duration(s.st.cfg.GetRequestTimeoutMs()) * time.Millisecond
+}
+
+// CloseWrite shuts the writing side of a socket session down, under the
+// write lock so that it follows every reply written.
+func (s *streamSession) CloseWrite() error {
+	c, ok := s.conn.(interface{ CloseWrite() error })
+	if !ok {
+		return errors.New("the session's transport cannot close its writing side alone")
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return c.CloseWrite()
+}
+
 // writeParts writes a reply under the write deadline: a peer that reads
 // nothing of it for write_timeout has stopped reading. Large replies go in
 // chunks, each with a fresh deadline, so a slow reader that keeps reading is

@@ -64,6 +64,9 @@ func (e *Engine) Configure(_ context.Context, req *pb.ConfigureParserRequest) (*
 	if e.channels != nil {
 		for _, c := range req.Channels {
 			if st, ok := e.channels[c.Name]; ok {
+				if err := st.setPolicy(c); err != nil {
+					return nil, err
+				}
 				st.cfg, st.allow, st.block = c, toSet(c.Allow), toSet(c.Block)
 			}
 		}
@@ -76,6 +79,9 @@ func (e *Engine) Configure(_ context.Context, req *pb.ConfigureParserRequest) (*
 			return nil, fmt.Errorf("parser: channel %s: dialect %q is not served by %s", c.Name, c.Dialect, e.name)
 		}
 		st := newChannelState(c, d, newBudget(lim.channelMemory, lim.sessionMemory))
+		if err := st.setPolicy(c); err != nil {
+			return nil, err
+		}
 		e.channels[c.Name] = st
 		if req.InboxDir == "" {
 			continue

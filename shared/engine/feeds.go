@@ -10,6 +10,7 @@ import (
 
 	"github.com/guest-agent/guest-agent/shared/dataplane"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/policy"
 	"github.com/guest-agent/guest-agent/shared/session"
 	"github.com/hashicorp/go-hclog"
 )
@@ -145,8 +146,9 @@ func (e *Engine) serveListener(st *channelState, f *os.File, ev session.Event) {
 			continue
 		}
 		caller := &pb.Caller{Channel: st.cfg.Name, Dialect: st.cfg.Dialect, PeerPid: -1, PeerUid: -1, PeerGid: -1}
-		if peer, err := session.PeerOf(conn); err == nil {
-			caller.PeerPid, caller.PeerUid, caller.PeerGid = peer.PID, peer.UID, peer.GID
+		// With the supplementary groups: a channel's policy may name them.
+		if peer, err := policy.PeerIdentity(conn); err == nil {
+			caller.PeerPid, caller.PeerUid, caller.PeerGid, caller.PeerGroups = peer.PID, peer.UID, peer.GID, peer.Groups
 		}
 		dataplane.GrowSendBuffer(conn) // replies to file reads are megabytes
 		s := e.newStreamSession(st, conn, caller, session.Event{Origin: ev.Origin})

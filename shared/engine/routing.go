@@ -9,6 +9,7 @@ import (
 
 	"github.com/guest-agent/guest-agent/shared/dialect"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/policy"
 )
 
 // Routing: which plugin serves a command on a channel (the routes the
@@ -67,9 +68,11 @@ type channelState struct {
 	// local are the dialect's local commands (Options.LocalCommands).
 	local map[string]*dialect.LocalCommand
 	// ordered: replies in request order (Options.OrderedReplies).
-	ordered  bool
-	allow    map[string]bool
-	block    map[string]bool
+	ordered bool
+	allow   map[string]bool
+	block   map[string]bool
+	// policy is the channel's policy per caller; nil: none.
+	policy   atomic.Pointer[policy.Policy]
 	sessions atomic.Int64
 	budget   *budget
 }
@@ -107,7 +110,7 @@ func (d *dispatcher) Commands() []dialect.CommandInfo {
 	defer d.e.mu.RUnlock()
 	out := make([]dialect.CommandInfo, 0, len(d.e.routes)+len(d.st.local))
 	for _, c := range d.st.local {
-		out = append(out, dialect.CommandInfo{Name: c.Name, Enabled: d.st.enabled(c.Name), SuccessResponse: c.SuccessResponse})
+		out = append(out, dialect.CommandInfo{Name: c.Name, Enabled: d.st.enabled(c.Name) && d.permitted(c.Name), SuccessResponse: c.SuccessResponse})
 	}
 	// While frozen, what is refused is listed disabled, as qemu-ga does.
 	frozen := d.e.freeze.isFrozen()
@@ -115,7 +118,7 @@ func (d *dispatcher) Commands() []dialect.CommandInfo {
 		if !servesDialect(r, d.st.cfg.Dialect) || d.st.local[r.Command] != nil {
 			continue
 		}
-		enabled := r.Enabled && d.st.enabled(r.Command) && (!frozen || r.GetSpec().GetAllowedWhileFrozen())
+		enabled := r.Enabled && d.st.enabled(r.Command) && d.permitted(r.Command) && (!frozen || r.GetSpec().GetAllowedWhileFrozen())
 		out = append(out, dialect.CommandInfo{Name: r.Command, Enabled: enabled, SuccessResponse: r.GetSpec().GetSuccessResponse()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -124,7 +127,8 @@ func (d *dispatcher) Commands() []dialect.CommandInfo {
 
 // refusal is the outcome of a command that will not run here for this
 // session's caller: unknown on this channel's dialect, disabled by the
-// channel's lists or its route, or refused while frozen; nil when it may
+// channel's lists or its route, refused to this caller by the channel's
+// policy, or refused while frozen; nil when it may
 // run. route is nil for a local command of the dialect. It needs no plugin,
 // so a session answers it at once, in order.
 func (d *dispatcher) refusal(command string, route *pb.Route) *dialect.Outcome {
@@ -137,6 +141,9 @@ func (d *dispatcher) refusal(command string, route *pb.Route) *dialect.Outcome {
 	}
 	if !d.st.enabled(command) || (!local && !route.Enabled) {
 		return failOutcome(&dialect.Failure{Kind: dialect.FailDisabled, Command: command})
+	}
+	if o := d.denial(command); o != nil {
+		return o
 	}
 	if !local && d.e.freeze.isFrozen() && !route.GetSpec().GetAllowedWhileFrozen() {
 		return failOutcome(&dialect.Failure{Kind: dialect.FailFrozen, Command: command})

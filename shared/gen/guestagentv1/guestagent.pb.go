@@ -589,12 +589,15 @@ func (*ConfigureCommandResponse) Descriptor() ([]byte, []int) {
 
 // Caller identifies where a request came from.
 type Caller struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Channel       string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
-	Dialect       string                 `protobuf:"bytes,2,opt,name=dialect,proto3" json:"dialect,omitempty"`
-	PeerPid       int32                  `protobuf:"varint,3,opt,name=peer_pid,json=peerPid,proto3" json:"peer_pid,omitempty"` // SO_PEERCRED, -1 when unknown (virtio, xenstore)
-	PeerUid       int32                  `protobuf:"varint,4,opt,name=peer_uid,json=peerUid,proto3" json:"peer_uid,omitempty"`
-	PeerGid       int32                  `protobuf:"varint,5,opt,name=peer_gid,json=peerGid,proto3" json:"peer_gid,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Channel string                 `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Dialect string                 `protobuf:"bytes,2,opt,name=dialect,proto3" json:"dialect,omitempty"`
+	PeerPid int32                  `protobuf:"varint,3,opt,name=peer_pid,json=peerPid,proto3" json:"peer_pid,omitempty"` // SO_PEERCRED, -1 when unknown (virtio, xenstore)
+	PeerUid int32                  `protobuf:"varint,4,opt,name=peer_uid,json=peerUid,proto3" json:"peer_uid,omitempty"`
+	PeerGid int32                  `protobuf:"varint,5,opt,name=peer_gid,json=peerGid,proto3" json:"peer_gid,omitempty"`
+	// Added in 1.3. The peer's supplementary groups (SO_PEERGROUPS), for a
+	// channel's policy per caller ("@group").
+	PeerGroups    []int32 `protobuf:"varint,6,rep,packed,name=peer_groups,json=peerGroups,proto3" json:"peer_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -662,6 +665,13 @@ func (x *Caller) GetPeerGid() int32 {
 		return x.PeerGid
 	}
 	return 0
+}
+
+func (x *Caller) GetPeerGroups() []int32 {
+	if x != nil {
+		return x.PeerGroups
+	}
+	return nil
 }
 
 type RunRequest struct {
@@ -1729,6 +1739,14 @@ type ChannelConfig struct {
 	// Added in 1.2. Thaw the guest when the host of a session that froze it
 	// disconnects (virtio-serial) or its session ends (sockets) while frozen.
 	ThawOnDisconnect bool `protobuf:"varint,5,opt,name=thaw_on_disconnect,json=thawOnDisconnect,proto3" json:"thaw_on_disconnect,omitempty"`
+	// Added in 1.3. The channel's policy per caller (agent.hcl's allow, see
+	// shared/policy): which users and groups may call which commands. Only
+	// when has_policy is set; an empty policy refuses every command.
+	HasPolicy bool          `protobuf:"varint,6,opt,name=has_policy,json=hasPolicy,proto3" json:"has_policy,omitempty"`
+	Policy    []*PolicyRule `protobuf:"bytes,7,rep,name=policy,proto3" json:"policy,omitempty"`
+	// Added in 1.3. How long a connection may take to send its whole request
+	// (the monitor dialect's request_timeout); 0: the dialect's default.
+	RequestTimeoutMs int64 `protobuf:"varint,8,opt,name=request_timeout_ms,json=requestTimeoutMs,proto3" json:"request_timeout_ms,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1798,6 +1816,81 @@ func (x *ChannelConfig) GetThawOnDisconnect() bool {
 	return false
 }
 
+func (x *ChannelConfig) GetHasPolicy() bool {
+	if x != nil {
+		return x.HasPolicy
+	}
+	return false
+}
+
+func (x *ChannelConfig) GetPolicy() []*PolicyRule {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *ChannelConfig) GetRequestTimeoutMs() int64 {
+	if x != nil {
+		return x.RequestTimeoutMs
+	}
+	return 0
+}
+
+// PolicyRule lets callers call a command ("*": every command). A caller is
+// "*", a user name or uid, or "@" and a group name or gid.
+type PolicyRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Command       string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Callers       []string               `protobuf:"bytes,2,rep,name=callers,proto3" json:"callers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyRule) Reset() {
+	*x = PolicyRule{}
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRule) ProtoMessage() {}
+
+func (x *PolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
+func (*PolicyRule) Descriptor() ([]byte, []int) {
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PolicyRule) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetCallers() []string {
+	if x != nil {
+		return x.Callers
+	}
+	return nil
+}
+
 type Limits struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	MaxRequestBytes  int64                  `protobuf:"varint,1,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`    // one request (qemu-ga: 64 MiB)
@@ -1836,7 +1929,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1848,7 +1941,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[23]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1861,7 +1954,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{23}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Limits) GetMaxRequestBytes() int64 {
@@ -1965,7 +2058,7 @@ type ConfigureParserRequest struct {
 
 func (x *ConfigureParserRequest) Reset() {
 	*x = ConfigureParserRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2070,7 @@ func (x *ConfigureParserRequest) String() string {
 func (*ConfigureParserRequest) ProtoMessage() {}
 
 func (x *ConfigureParserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[24]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2083,7 @@ func (x *ConfigureParserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureParserRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureParserRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{24}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConfigureParserRequest) GetChannels() []*ChannelConfig {
@@ -2066,7 +2159,7 @@ type Inbox struct {
 
 func (x *Inbox) Reset() {
 	*x = Inbox{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2171,7 @@ func (x *Inbox) String() string {
 func (*Inbox) ProtoMessage() {}
 
 func (x *Inbox) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[25]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2184,7 @@ func (x *Inbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Inbox.ProtoReflect.Descriptor instead.
 func (*Inbox) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{25}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Inbox) GetChannel() string {
@@ -2117,7 +2210,7 @@ type ConfigureParserResponse struct {
 
 func (x *ConfigureParserResponse) Reset() {
 	*x = ConfigureParserResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2222,7 @@ func (x *ConfigureParserResponse) String() string {
 func (*ConfigureParserResponse) ProtoMessage() {}
 
 func (x *ConfigureParserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[26]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2235,7 @@ func (x *ConfigureParserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureParserResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureParserResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{26}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ConfigureParserResponse) GetInboxes() []*Inbox {
@@ -2163,7 +2256,7 @@ type ParseRequestRequest struct {
 
 func (x *ParseRequestRequest) Reset() {
 	*x = ParseRequestRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2268,7 @@ func (x *ParseRequestRequest) String() string {
 func (*ParseRequestRequest) ProtoMessage() {}
 
 func (x *ParseRequestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[27]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2281,7 @@ func (x *ParseRequestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ParseRequestRequest.ProtoReflect.Descriptor instead.
 func (*ParseRequestRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{27}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ParseRequestRequest) GetDialect() string {
@@ -2221,7 +2314,7 @@ type ParseRequestResponse struct {
 
 func (x *ParseRequestResponse) Reset() {
 	*x = ParseRequestResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2326,7 @@ func (x *ParseRequestResponse) String() string {
 func (*ParseRequestResponse) ProtoMessage() {}
 
 func (x *ParseRequestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[28]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2339,7 @@ func (x *ParseRequestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ParseRequestResponse.ProtoReflect.Descriptor instead.
 func (*ParseRequestResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{28}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ParseRequestResponse) GetResponse() []byte {
@@ -2269,7 +2362,7 @@ type EnsureStartedRequest struct {
 
 func (x *EnsureStartedRequest) Reset() {
 	*x = EnsureStartedRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2281,7 +2374,7 @@ func (x *EnsureStartedRequest) String() string {
 func (*EnsureStartedRequest) ProtoMessage() {}
 
 func (x *EnsureStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[29]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2294,7 +2387,7 @@ func (x *EnsureStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureStartedRequest.ProtoReflect.Descriptor instead.
 func (*EnsureStartedRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{29}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *EnsureStartedRequest) GetPlugin() string {
@@ -2320,7 +2413,7 @@ type EnsureStartedResponse struct {
 
 func (x *EnsureStartedResponse) Reset() {
 	*x = EnsureStartedResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2425,7 @@ func (x *EnsureStartedResponse) String() string {
 func (*EnsureStartedResponse) ProtoMessage() {}
 
 func (x *EnsureStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[30]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2438,7 @@ func (x *EnsureStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureStartedResponse.ProtoReflect.Descriptor instead.
 func (*EnsureStartedResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{30}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *EnsureStartedResponse) GetDataplaneSocket() string {
@@ -2366,7 +2459,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2471,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[31]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2484,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{31}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseRequest) GetPlugin() string {
@@ -2412,7 +2505,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2517,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[32]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2530,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{32}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReleaseResponse) GetStopped() bool {
@@ -2461,7 +2554,7 @@ type ReopenChannelRequest struct {
 
 func (x *ReopenChannelRequest) Reset() {
 	*x = ReopenChannelRequest{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[33]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2473,7 +2566,7 @@ func (x *ReopenChannelRequest) String() string {
 func (*ReopenChannelRequest) ProtoMessage() {}
 
 func (x *ReopenChannelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[33]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2486,7 +2579,7 @@ func (x *ReopenChannelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenChannelRequest.ProtoReflect.Descriptor instead.
 func (*ReopenChannelRequest) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{33}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReopenChannelRequest) GetChannel() string {
@@ -2511,7 +2604,7 @@ type ReopenChannelResponse struct {
 
 func (x *ReopenChannelResponse) Reset() {
 	*x = ReopenChannelResponse{}
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[34]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2616,7 @@ func (x *ReopenChannelResponse) String() string {
 func (*ReopenChannelResponse) ProtoMessage() {}
 
 func (x *ReopenChannelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_guestagent_v1_guestagent_proto_msgTypes[34]
+	mi := &file_guestagent_v1_guestagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2629,7 @@ func (x *ReopenChannelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenChannelResponse.ProtoReflect.Descriptor instead.
 func (*ReopenChannelResponse) Descriptor() ([]byte, []int) {
-	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{34}
+	return file_guestagent_v1_guestagent_proto_rawDescGZIP(), []int{35}
 }
 
 var File_guestagent_v1_guestagent_proto protoreflect.FileDescriptor
@@ -2577,13 +2670,15 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x10dataplane_socket\x18\x03 \x01(\tR\x0fdataplaneSocket\x12\x1f\n" +
 	"\vruntime_dir\x18\x04 \x01(\tR\n" +
 	"runtimeDir\"\x1a\n" +
-	"\x18ConfigureCommandResponse\"\x8d\x01\n" +
+	"\x18ConfigureCommandResponse\"\xae\x01\n" +
 	"\x06Caller\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x18\n" +
 	"\adialect\x18\x02 \x01(\tR\adialect\x12\x19\n" +
 	"\bpeer_pid\x18\x03 \x01(\x05R\apeerPid\x12\x19\n" +
 	"\bpeer_uid\x18\x04 \x01(\x05R\apeerUid\x12\x19\n" +
-	"\bpeer_gid\x18\x05 \x01(\x05R\apeerGid\"\xf0\x02\n" +
+	"\bpeer_gid\x18\x05 \x01(\x05R\apeerGid\x12\x1f\n" +
+	"\vpeer_groups\x18\x06 \x03(\x05R\n" +
+	"peerGroups\"\xf0\x02\n" +
 	"\n" +
 	"RunRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
@@ -2666,13 +2761,21 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12)\n" +
 	"\x10dataplane_socket\x18\x03 \x01(\tR\x0fdataplaneSocket\x12.\n" +
 	"\x04spec\x18\x04 \x01(\v2\x1a.guestagent.v1.CommandSpecR\x04spec\x12\x18\n" +
-	"\aenabled\x18\x05 \x01(\bR\aenabled\"\x97\x01\n" +
+	"\aenabled\x18\x05 \x01(\bR\aenabled\"\x97\x02\n" +
 	"\rChannelConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\adialect\x18\x02 \x01(\tR\adialect\x12\x14\n" +
 	"\x05allow\x18\x03 \x03(\tR\x05allow\x12\x14\n" +
 	"\x05block\x18\x04 \x03(\tR\x05block\x12,\n" +
-	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\"\x84\x04\n" +
+	"\x12thaw_on_disconnect\x18\x05 \x01(\bR\x10thawOnDisconnect\x12\x1d\n" +
+	"\n" +
+	"has_policy\x18\x06 \x01(\bR\thasPolicy\x121\n" +
+	"\x06policy\x18\a \x03(\v2\x19.guestagent.v1.PolicyRuleR\x06policy\x12,\n" +
+	"\x12request_timeout_ms\x18\b \x01(\x03R\x10requestTimeoutMs\"@\n" +
+	"\n" +
+	"PolicyRule\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\tR\acommand\x12\x18\n" +
+	"\acallers\x18\x02 \x03(\tR\acallers\"\x84\x04\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_request_bytes\x18\x01 \x01(\x03R\x0fmaxRequestBytes\x12,\n" +
 	"\x12command_timeout_ms\x18\x02 \x01(\x03R\x10commandTimeoutMs\x12!\n" +
@@ -2761,7 +2864,7 @@ func file_guestagent_v1_guestagent_proto_rawDescGZIP() []byte {
 }
 
 var file_guestagent_v1_guestagent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_guestagent_v1_guestagent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(Kind)(0),                        // 0: guestagent.v1.Kind
 	(FreezeState)(0),                 // 1: guestagent.v1.FreezeState
@@ -2788,18 +2891,19 @@ var file_guestagent_v1_guestagent_proto_goTypes = []any{
 	(*SessionPeer)(nil),              // 22: guestagent.v1.SessionPeer
 	(*Route)(nil),                    // 23: guestagent.v1.Route
 	(*ChannelConfig)(nil),            // 24: guestagent.v1.ChannelConfig
-	(*Limits)(nil),                   // 25: guestagent.v1.Limits
-	(*ConfigureParserRequest)(nil),   // 26: guestagent.v1.ConfigureParserRequest
-	(*Inbox)(nil),                    // 27: guestagent.v1.Inbox
-	(*ConfigureParserResponse)(nil),  // 28: guestagent.v1.ConfigureParserResponse
-	(*ParseRequestRequest)(nil),      // 29: guestagent.v1.ParseRequestRequest
-	(*ParseRequestResponse)(nil),     // 30: guestagent.v1.ParseRequestResponse
-	(*EnsureStartedRequest)(nil),     // 31: guestagent.v1.EnsureStartedRequest
-	(*EnsureStartedResponse)(nil),    // 32: guestagent.v1.EnsureStartedResponse
-	(*ReleaseRequest)(nil),           // 33: guestagent.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),          // 34: guestagent.v1.ReleaseResponse
-	(*ReopenChannelRequest)(nil),     // 35: guestagent.v1.ReopenChannelRequest
-	(*ReopenChannelResponse)(nil),    // 36: guestagent.v1.ReopenChannelResponse
+	(*PolicyRule)(nil),               // 25: guestagent.v1.PolicyRule
+	(*Limits)(nil),                   // 26: guestagent.v1.Limits
+	(*ConfigureParserRequest)(nil),   // 27: guestagent.v1.ConfigureParserRequest
+	(*Inbox)(nil),                    // 28: guestagent.v1.Inbox
+	(*ConfigureParserResponse)(nil),  // 29: guestagent.v1.ConfigureParserResponse
+	(*ParseRequestRequest)(nil),      // 30: guestagent.v1.ParseRequestRequest
+	(*ParseRequestResponse)(nil),     // 31: guestagent.v1.ParseRequestResponse
+	(*EnsureStartedRequest)(nil),     // 32: guestagent.v1.EnsureStartedRequest
+	(*EnsureStartedResponse)(nil),    // 33: guestagent.v1.EnsureStartedResponse
+	(*ReleaseRequest)(nil),           // 34: guestagent.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),          // 35: guestagent.v1.ReleaseResponse
+	(*ReopenChannelRequest)(nil),     // 36: guestagent.v1.ReopenChannelRequest
+	(*ReopenChannelResponse)(nil),    // 37: guestagent.v1.ReopenChannelResponse
 }
 var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	0,  // 0: guestagent.v1.InfoResponse.kind:type_name -> guestagent.v1.Kind
@@ -2812,40 +2916,41 @@ var file_guestagent_v1_guestagent_proto_depIdxs = []int32{
 	12, // 7: guestagent.v1.RunResponse.read_ahead_results:type_name -> guestagent.v1.ReadAheadResult
 	22, // 8: guestagent.v1.SessionEvent.peer:type_name -> guestagent.v1.SessionPeer
 	4,  // 9: guestagent.v1.Route.spec:type_name -> guestagent.v1.CommandSpec
-	24, // 10: guestagent.v1.ConfigureParserRequest.channels:type_name -> guestagent.v1.ChannelConfig
-	23, // 11: guestagent.v1.ConfigureParserRequest.routes:type_name -> guestagent.v1.Route
-	25, // 12: guestagent.v1.ConfigureParserRequest.limits:type_name -> guestagent.v1.Limits
-	27, // 13: guestagent.v1.ConfigureParserResponse.inboxes:type_name -> guestagent.v1.Inbox
-	9,  // 14: guestagent.v1.ParseRequestRequest.caller:type_name -> guestagent.v1.Caller
-	2,  // 15: guestagent.v1.Plugin.Info:input_type -> guestagent.v1.InfoRequest
-	5,  // 16: guestagent.v1.Plugin.Health:input_type -> guestagent.v1.HealthRequest
-	7,  // 17: guestagent.v1.Command.Configure:input_type -> guestagent.v1.ConfigureCommandRequest
-	10, // 18: guestagent.v1.Command.Run:input_type -> guestagent.v1.RunRequest
-	15, // 19: guestagent.v1.Command.Retire:input_type -> guestagent.v1.RetireRequest
-	17, // 20: guestagent.v1.Exchange.OpenChannel:input_type -> guestagent.v1.OpenChannelRequest
-	19, // 21: guestagent.v1.Exchange.CloseChannel:input_type -> guestagent.v1.CloseChannelRequest
-	26, // 22: guestagent.v1.Parser.Configure:input_type -> guestagent.v1.ConfigureParserRequest
-	29, // 23: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
-	31, // 24: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
-	33, // 25: guestagent.v1.Host.Release:input_type -> guestagent.v1.ReleaseRequest
-	35, // 26: guestagent.v1.Host.ReopenChannel:input_type -> guestagent.v1.ReopenChannelRequest
-	3,  // 27: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
-	6,  // 28: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
-	8,  // 29: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
-	14, // 30: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
-	16, // 31: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
-	18, // 32: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
-	20, // 33: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
-	28, // 34: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
-	30, // 35: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
-	32, // 36: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
-	34, // 37: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
-	36, // 38: guestagent.v1.Host.ReopenChannel:output_type -> guestagent.v1.ReopenChannelResponse
-	27, // [27:39] is the sub-list for method output_type
-	15, // [15:27] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	25, // 10: guestagent.v1.ChannelConfig.policy:type_name -> guestagent.v1.PolicyRule
+	24, // 11: guestagent.v1.ConfigureParserRequest.channels:type_name -> guestagent.v1.ChannelConfig
+	23, // 12: guestagent.v1.ConfigureParserRequest.routes:type_name -> guestagent.v1.Route
+	26, // 13: guestagent.v1.ConfigureParserRequest.limits:type_name -> guestagent.v1.Limits
+	28, // 14: guestagent.v1.ConfigureParserResponse.inboxes:type_name -> guestagent.v1.Inbox
+	9,  // 15: guestagent.v1.ParseRequestRequest.caller:type_name -> guestagent.v1.Caller
+	2,  // 16: guestagent.v1.Plugin.Info:input_type -> guestagent.v1.InfoRequest
+	5,  // 17: guestagent.v1.Plugin.Health:input_type -> guestagent.v1.HealthRequest
+	7,  // 18: guestagent.v1.Command.Configure:input_type -> guestagent.v1.ConfigureCommandRequest
+	10, // 19: guestagent.v1.Command.Run:input_type -> guestagent.v1.RunRequest
+	15, // 20: guestagent.v1.Command.Retire:input_type -> guestagent.v1.RetireRequest
+	17, // 21: guestagent.v1.Exchange.OpenChannel:input_type -> guestagent.v1.OpenChannelRequest
+	19, // 22: guestagent.v1.Exchange.CloseChannel:input_type -> guestagent.v1.CloseChannelRequest
+	27, // 23: guestagent.v1.Parser.Configure:input_type -> guestagent.v1.ConfigureParserRequest
+	30, // 24: guestagent.v1.Parser.ParseRequest:input_type -> guestagent.v1.ParseRequestRequest
+	32, // 25: guestagent.v1.Host.EnsureStarted:input_type -> guestagent.v1.EnsureStartedRequest
+	34, // 26: guestagent.v1.Host.Release:input_type -> guestagent.v1.ReleaseRequest
+	36, // 27: guestagent.v1.Host.ReopenChannel:input_type -> guestagent.v1.ReopenChannelRequest
+	3,  // 28: guestagent.v1.Plugin.Info:output_type -> guestagent.v1.InfoResponse
+	6,  // 29: guestagent.v1.Plugin.Health:output_type -> guestagent.v1.HealthResponse
+	8,  // 30: guestagent.v1.Command.Configure:output_type -> guestagent.v1.ConfigureCommandResponse
+	14, // 31: guestagent.v1.Command.Run:output_type -> guestagent.v1.RunResponse
+	16, // 32: guestagent.v1.Command.Retire:output_type -> guestagent.v1.RetireResponse
+	18, // 33: guestagent.v1.Exchange.OpenChannel:output_type -> guestagent.v1.OpenChannelResponse
+	20, // 34: guestagent.v1.Exchange.CloseChannel:output_type -> guestagent.v1.CloseChannelResponse
+	29, // 35: guestagent.v1.Parser.Configure:output_type -> guestagent.v1.ConfigureParserResponse
+	31, // 36: guestagent.v1.Parser.ParseRequest:output_type -> guestagent.v1.ParseRequestResponse
+	33, // 37: guestagent.v1.Host.EnsureStarted:output_type -> guestagent.v1.EnsureStartedResponse
+	35, // 38: guestagent.v1.Host.Release:output_type -> guestagent.v1.ReleaseResponse
+	37, // 39: guestagent.v1.Host.ReopenChannel:output_type -> guestagent.v1.ReopenChannelResponse
+	28, // [28:40] is the sub-list for method output_type
+	16, // [16:28] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_guestagent_v1_guestagent_proto_init() }
@@ -2859,7 +2964,7 @@ func file_guestagent_v1_guestagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_guestagent_v1_guestagent_proto_rawDesc), len(file_guestagent_v1_guestagent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -835,7 +835,7 @@ func (s *Supervisor) parserRequest(m *managed, hostID uint32) *pb.ConfigureParse
 	}
 	for _, ch := range s.channels {
 		if s.parserOf[ch.Name] == m {
-			req.Channels = append(req.Channels, &pb.ChannelConfig{Name: ch.Name, Dialect: ch.Dialect, Allow: ch.AllowRPCs, Block: ch.BlockRPCs, ThawOnDisconnect: ch.ThawOnDisconnect})
+			req.Channels = append(req.Channels, channelConfig(ch))
 		}
 	}
 	return req
