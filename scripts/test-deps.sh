@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 #   qemu-system-x86, linux-image-amd64, busybox-static, cpio, kmod
 #                                the VM and libvirt tests (a TCG guest)
 #   iproute2                     network namespaces (cmd-network)
-#   e2fsprogs, util-linux        fsfreeze on loop-mounted ext4, prlimit
+#   e2fsprogs, util-linux        fsfreeze on loop-mounted ext4, prlimit,
+#                                setpriv (the command monitor's callers)
+#   passwd                       useradd/groupadd: real unprivileged users
 #   xen-utils-4.17, xenstore-utils
 #                                a real oxenstored (nova over XenStore)
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
@@ -25,7 +27,7 @@ packages=(
 	ca-certificates git make gcc libc6-dev
 	protobuf-compiler qemu-guest-agent
 	qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
-	iproute2 e2fsprogs util-linux
+	iproute2 e2fsprogs util-linux passwd
 	xen-utils-4.17 xenstore-utils
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 	rpm mmdebstrap

@@ -16,5 +16,5 @@ func main() {
 }
 
 func dialects() []sdk.Dialect {
-	return []sdk.Dialect{&qgaDialect{}, &novaDialect{}, &negotiatorDialect{}}
+	return []sdk.Dialect{&qgaDialect{}, &novaDialect{}, &negotiatorDialect{}, &monitorDialect{}}
 }

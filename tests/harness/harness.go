@@ -69,6 +69,9 @@ type Options struct {
 	// guest): default a temp dir. A new one after a restart stands for a
 	// reboot.
 	RuntimeDir string
+	// Quiet runs the agent at the info level, as in production, instead
+	// of -v (debug lines cost the supervisor memory of their own).
+	Quiet bool
 }
 
 // StartAgent starts guest-agent on a unix socket and waits until it answers.
@@ -85,7 +88,10 @@ func StartAgent(t testing.TB, o Options) *Agent {
 		o.RuntimeDir = filepath.Join(dir, "run")
 	}
 	a := &Agent{Socket: filepath.Join(dir, "qga.sock"), StateDir: o.StateDir, RuntimeDir: o.RuntimeDir, Log: &SyncBuffer{}}
-	args := []string{"run", "--plugin-dir", o.PluginDir, "-t", o.StateDir, "--runtime-dir", o.RuntimeDir, "-v"}
+	args := []string{"run", "--plugin-dir", o.PluginDir, "-t", o.StateDir, "--runtime-dir", o.RuntimeDir}
+	if !o.Quiet {
+		args = append(args, "-v")
+	}
 	if o.Config != "" {
 		cfgPath := filepath.Join(dir, "agent.hcl")
 		if err := os.WriteFile(cfgPath, []byte(o.Config), 0o600); err != nil {

@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"time"
 
@@ -74,6 +75,37 @@ func main() {
 						out = bytes.Repeat([]byte("0123456789abcdef"), int(a.Size/16)+1)[:a.Size]
 					}
 					return &sdk.Reply{Value: map[string]int{"count": len(out)}, Blob: out}, nil
+				},
+			},
+			{
+				Name: "test-result", Description: "returns its argument json verbatim as the result, even when it is not JSON (a broken plugin)",
+				Handler: func(_ context.Context, call *sdk.Call) (any, error) {
+					var a struct {
+						JSON string `json:"json"`
+					}
+					if err := call.Decode(&a); err != nil {
+						return nil, err
+					}
+					return json.RawMessage(a.JSON), nil
+				},
+			},
+			{
+				Name: "test-fail", Description: "fails with its argument message",
+				Handler: func(_ context.Context, call *sdk.Call) (any, error) {
+					var a struct {
+						Message string `json:"message"`
+					}
+					if err := call.Decode(&a); err != nil {
+						return nil, err
+					}
+					return nil, sdk.Errorf("%s", a.Message)
+				},
+			},
+			{
+				Name: "test-monitor-only", Description: "served on monitor channels only (programs inside the guest)",
+				Dialects: []string{"monitor"},
+				Handler: func(context.Context, *sdk.Call) (any, error) {
+					return map[string]string{"seen-by": "monitor"}, nil
 				},
 			},
 			{
