@@ -24,16 +24,17 @@ import (
 )
 
 type agent struct {
-	name   string
-	cmd    *exec.Cmd
-	socket string
-	dir    string
+	name          string
+	cmd           *exec.Cmd
+	socket        string
+	monitorSocket string // the command monitor's, when it runs
+	dir           string
 }
 
 func main() {
 	pings := flag.Int("pings", 5000, "guest-ping calls per agent")
 	fileMiB := flag.Int("file-mib", 64, "size of the file moved by the file benchmarks")
-	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec,badinput,negotiator,guestctl")
+	only := flag.String("only", "", "comma-separated subset: ping,memory,start,file (= read,write),exec,badinput,guestctl,monitor,negotiator")
 	chunkList := flag.String("chunks", "4,64,1024", "comma-separated chunk sizes in KiB for the file benchmarks")
 	negGuests := flag.Int("negotiator-guests", 500, "simulated guests served by guestctl daemon (negotiator)")
 	ctlGuests := flag.Int("guestctl-guests", 500, "simulated guests of guestctl --all ping")
@@ -50,7 +51,9 @@ func main() {
 	if want("start") {
 		benchStart(bin)
 	}
-	ours := startOurs(bin, true)
+	// The command monitor runs beside the host's channel throughout: the
+	// qga figures are those of an agent that serves both.
+	ours := startOurs(bin, true, true)
 	ref := startQemuGA()
 	defer ours.stop()
 	defer ref.stop()
@@ -120,6 +123,9 @@ func main() {
 		benchCp(bin, ours, ref, *fileMiB)
 		benchGuestctlAll(bin, *ctlGuests)
 	}
+	if want("monitor") {
+		benchMonitor(bin, ours, *pings)
+	}
 	if want("negotiator") {
 		benchNegotiator(bin, *negGuests, *pings)
 	}
@@ -150,10 +156,17 @@ func tempDir() string {
 	return d
 }
 
-func startOurs(bin string, wait bool) *agent {
+// startOurs runs guest-agent with the host's qga channel on a unix socket
+// and, with monitor, the command monitor beside it (monitorSocket).
+func startOurs(bin string, wait, monitor bool) *agent {
 	dir := tempDir()
 	a := &agent{name: "guest-agent", dir: dir, socket: filepath.Join(dir, "qga.sock")}
-	_ = os.WriteFile(filepath.Join(dir, "none.hcl"), nil, 0o600)
+	var cfg string
+	if monitor {
+		a.monitorSocket = filepath.Join(dir, "commands.sock")
+		cfg = fmt.Sprintf("command_monitor {\n  enabled = true\n  path = %q\n}\n", a.monitorSocket)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "none.hcl"), []byte(cfg), 0o600)
 	a.cmd = exec.Command(filepath.Join(bin, "guest-agent"), "run", "-m", "unix-listen", "-p", a.socket,
 		"-t", filepath.Join(dir, "state"), "--runtime-dir", filepath.Join(dir, "run"), "-c", filepath.Join(dir, "none.hcl"))
 	if os.Getenv("BENCH_AGENT_LOG") != "" {
