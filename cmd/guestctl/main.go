@@ -115,6 +115,7 @@ It works with guest-agent and with qemu-ga.`,
 	})
 	root.AddCommand(newNegotiatorCmd(o), newDaemonCmd(o))
 	root.AddCommand(newExecCmd(o), newCpCmd(o))
+	root.AddCommand(newSystemCmds(o)...)
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
