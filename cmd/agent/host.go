@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -124,15 +123,14 @@ func (h *hostFlags) run(cmd *cobra.Command, call func(context.Context, *negotiat
 	return err
 }
 
-// exitStatusText finds the status in the host's error for a failed
-// command ("command 'x' failed: exit status 3: ...").
-var exitStatusText = regexp.MustCompile(`failed: exit status (\d+)`)
-
 // remoteStatus is the exit status for a failed call: the host command's
-// own, else 1.
+// own, found in the host's error ("command 'x' failed: exit status 3:
+// ..."), else 1.
 func remoteStatus(msg string) int {
-	if m := exitStatusText.FindStringSubmatch(msg); m != nil {
-		if n, err := strconv.Atoi(m[1]); err == nil && n > 0 && n < 256 {
+	const marker = "failed: exit status "
+	if _, rest, ok := strings.Cut(msg, marker); ok {
+		digits, _, _ := strings.Cut(rest, ":")
+		if n, err := strconv.Atoi(digits); err == nil && n > 0 && n < 256 {
 			return n
 		}
 	}
@@ -177,10 +175,11 @@ func findHostPort(dev string) (string, error) {
 		return dev, nil
 	}
 	name := filepath.Base(dev)
-	ports, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+	ports, _ := os.ReadDir("/sys/class/virtio-ports")
 	for _, p := range ports {
-		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == name {
-			return filepath.Join("/dev", filepath.Base(filepath.Dir(p))), nil
+		b, err := os.ReadFile(filepath.Join("/sys/class/virtio-ports", p.Name(), "name"))
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return filepath.Join("/dev", p.Name()), nil
 		}
 	}
 	return "", fmt.Errorf("no port %s (is the channel defined for this guest and virtio_console loaded?)", dev)

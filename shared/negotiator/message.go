@@ -1,11 +1,9 @@
 package negotiator
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"unicode/utf8"
 )
 
@@ -34,12 +32,9 @@ func DecodeRequest(body []byte) (Request, error) {
 		return Request{}, errors.New("invalid request: not UTF-8")
 	}
 	var w wireRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&w); err != nil {
+	// Unmarshal refuses data after the value too.
+	if err := json.Unmarshal(body, &w); err != nil {
 		return Request{}, fmt.Errorf("invalid request: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Request{}, errors.New("invalid request: data after the JSON object")
 	}
 	name := w.Method
 	if isNull(name) {
