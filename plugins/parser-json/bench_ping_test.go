@@ -1,0 +1,45 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+
+	"github.com/guest-agent/guest-agent/shared/session"
+)
+
+// BenchmarkPingRoundTrip: one guest-ping written on a stream session of a
+// real engine and its reply read back, as a host does (in process: the
+// engine's part of the ping latency, without the agent's sockets).
+func BenchmarkPingRoundTrip(b *testing.B) {
+	c := newEngineChannel(b, "qga", 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	local := os.NewFile(uintptr(fds[0]), "host")
+	remote := os.NewFile(uintptr(fds[1]), "guest")
+	conn, err := net.FileConn(local)
+	local.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	if err := c.out.Send(session.Event{Type: session.EventHandoff, Channel: "c", Session: "s", Kind: session.KindStream, Origin: "bench"}, remote); err != nil {
+		b.Fatal(err)
+	}
+	remote.Close()
+	r := bufio.NewReader(conn)
+	req := []byte(`{"execute":"guest-ping","id":1}` + "\n")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := conn.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.ReadSlice('\n'); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
