@@ -177,6 +177,9 @@ func startOurs(bin string, wait, monitor bool) *agent {
 	}
 	if wait {
 		waitPing(a.socket, 20*time.Second)
+		if monitor {
+			waitMonitor(a.monitorSocket, 20*time.Second)
+		}
 	}
 	return a
 }
