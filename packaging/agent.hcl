@@ -132,6 +132,35 @@
 #  timeout = "10s"
 #}
 
+# The command monitor (the Google guest agent's): programs inside the guest
+# call the agent's commands through a local socket, one JSON object per
+# connection ({"Command": "guest-get-osinfo"}), and shell scripts with
+# `guest-agent call NAME [JSON]`. Off by default; one line turns it on:
+# command_monitor { enabled = true }. socket_mode and socket_group decide
+# who may connect (the Google agent's command_pipe_mode and
+# command_pipe_group); allow decides who may call what: a command ("*":
+# every one) to its callers ("*": anyone, a user or uid, "@group" or
+# "@gid"). The allow shown is the default: anyone reads harmless facts, root
+# calls everything. A request must arrive whole within request_timeout.
+#command_monitor {
+#  enabled = false
+#  path = "/run/guest-agent/commands.sock"
+#  socket_mode = "0770"
+#  socket_group = "root"
+#  request_timeout = "10s"
+#  max_connections = 16
+#  allow = {
+#    "*" = ["root"]
+#    "guest-ping" = ["*"]
+#    "guest-info" = ["*"]
+#    "guest-get-osinfo" = ["*"]
+#    "guest-get-host-name" = ["*"]
+#    "guest-get-timezone" = ["*"]
+#    "guest-get-load" = ["*"]
+#    "guest-network-get-interfaces" = ["*"]
+#  }
+#}
+
 # Per plugin: disabled = true ignores an installed plugin; checksum pins its
 # binary's SHA-256 (sha256sum /usr/lib/guest-agent/plugins/guest-agent-NAME:
 # a binary that differs is refused). Unknown options are refused by each
