@@ -2,9 +2,10 @@ package dataplane
 
 import (
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
+
+	"github.com/guest-agent/guest-agent/shared/procmem"
 )
 
 // BulkSize is the blob size from which a transfer counts as bulk.
@@ -25,8 +26,8 @@ type MemoryReturner struct {
 	timer *time.Timer
 }
 
-// BulkDone notes a bulk transfer; the memory goes back bulkIdleDelay after
-// the last one.
+// BulkDone notes the end of a burst (a bulk transfer, a host gone, a plugin
+// released); the memory goes back bulkIdleDelay after the last one.
 func (m *MemoryReturner) BulkDone() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -39,5 +40,5 @@ func (m *MemoryReturner) BulkDone() {
 
 func (m *MemoryReturner) release() {
 	runtime.GC() // the pools' buffers move to their victim caches
-	debug.FreeOSMemory()
+	procmem.ReturnIdle()
 }

@@ -35,6 +35,7 @@ func (e *Engine) serveStream(ctx context.Context, st *channelState, s *streamSes
 	// read the same handle on: it must find the position it left).
 	s.dropAhead()
 	e.freeze.hostGone(s.dispatcher)
+	e.memory.BulkDone()
 }
 
 // streamSession is one byte-stream session given to Dialect.ServeStream
@@ -241,6 +242,8 @@ func (s *streamSession) hostEvent(up bool) {
 	// barrier.
 	if !up {
 		s.e.freeze.hostGone(s.dispatcher)
+		// Idle may begin: what the host's work brought in goes back.
+		s.e.memory.BulkDone()
 	}
 	s.hostMu.Lock()
 	s.hostUp = up

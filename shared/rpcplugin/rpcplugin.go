@@ -9,11 +9,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"runtime/pprof"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"github.com/guest-agent/guest-agent/shared/pidfd"
+	"github.com/guest-agent/guest-agent/shared/procmem"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -175,9 +175,10 @@ func (b *BaseServer) Health(context.Context, *pb.HealthRequest) (*pb.HealthRespo
 }
 
 // ReleaseStartupMemory hands the garbage of start-up (the go-plugin
-// handshake, TLS certificates) back to the system once a plugin is
-// configured: an idle agent should cost little.
-func ReleaseStartupMemory() { debug.FreeOSMemory() }
+// handshake, TLS certificates) and the executable's pages start-up brought
+// in back to the system once a plugin is configured: an idle agent should
+// cost little (see procmem).
+func ReleaseStartupMemory() { procmem.ReturnIdle() }
 
 // qgaCoreCommands are the commands the qga dialect answers in the parser
 // process (parser-json's qga.go declares them as the dialect's local

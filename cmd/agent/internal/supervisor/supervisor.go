@@ -11,16 +11,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/guest-agent/guest-agent/shared/rpcplugin"
-
 	"github.com/guest-agent/guest-agent/cmd/agent/internal/config"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/procmem"
+	"github.com/guest-agent/guest-agent/shared/rpcplugin"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 )
@@ -583,9 +582,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 		}
 	}
-	// Start-up garbage (TLS certificates, plugin handshakes) is returned to
-	// the system once, now, rather than held while the agent idles.
-	debug.FreeOSMemory()
+	// Start-up garbage (TLS certificates, plugin handshakes) and the pages
+	// of the binary start-up brought in go back to the system once, now,
+	// rather than held while the agent idles.
+	procmem.ReturnIdle()
 	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(rpcplugin.CoreCommands()))
 	<-ctx.Done()
 	return nil
