@@ -119,6 +119,9 @@ func (pc *pluginConn) release() {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	resp, err := host.Release(ctx, &pb.ReleaseRequest{Plugin: pc.name})
+	// What the connection and its calls held goes back to the system
+	// with the next memory return (one timer), as after a transfer.
+	pc.engine.memory.BulkDone()
 	switch {
 	case err != nil:
 		pc.engine.logger.Debug("idle plugin not released", "plugin", pc.name, "error", err)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
+	"github.com/guest-agent/guest-agent/shared/procmem"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -58,5 +59,8 @@ func (s *Supervisor) retireIdle(ctx context.Context, m *managed) bool {
 	m.run = nil
 	r.stop()
 	s.logger.Info("plugin stopped while idle; its next command starts it again", "plugin", m.found.Name, "pid", r.pid)
+	// Its client, connections and start-up garbage: back to the system
+	// now, so that the agent's idle size is its size after use too.
+	procmem.ReturnIdle()
 	return true
 }
