@@ -1,6 +1,7 @@
 package debianguest
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -264,7 +265,12 @@ func TestDebianGuest(t *testing.T) {
 		}
 		// Idle: nothing but guest-ping and guest-info has been asked.
 		time.Sleep(10 * time.Second)
-		measureMemory(t, vm, report)
+		if pss := measureMemory(t, vm, report, "idle"); pss > idleMemoryBar {
+			t.Errorf("idle agent: %.1f MiB PSS, over the %.0f MiB bar", pss, idleMemoryBar)
+		}
+		// After use: command plugins started by commands leave once idle
+		// (plugin_idle_exit, 30 s by default) and memory is back.
+		checkIdleExit(t, vm, report)
 		if out, _ := vm.Sh(t, "systemctl --failed --no-legend --plain", 20*time.Second); strings.TrimSpace(out) != "" {
 			t.Errorf("failed units at boot:\n%s", out)
 		}
@@ -281,7 +287,10 @@ func TestDebianGuest(t *testing.T) {
 				t.Errorf("left after dpkg -P:\n%s", left)
 			}
 		})
-		vm.Sh(t, "systemctl --no-block poweroff", 20*time.Second)
+		// The guest may be gone before the shell prints its end marker.
+		if _, _, err := vm.TrySh("systemctl --no-block poweroff", 20*time.Second); err != nil && !vm.Exited() {
+			t.Errorf("poweroff: %v", err)
+		}
 		if exited, _ := vm.WaitExit(2 * time.Minute); !exited {
 			t.Errorf("qemu still runs 2 min after systemctl poweroff")
 		}
@@ -341,7 +350,7 @@ func checkFireAndForget(t *testing.T, vm *VM, report func(string, ...any)) {
 // file parts of memory.stat. VmRSS comes from the kernel's per-thread
 // counters, which 6.1 syncs only every 64 page faults: smaps_rollup's Rss
 // is exact.
-func measureMemory(t *testing.T, vm *VM, report func(string, ...any)) {
+func measureMemory(t *testing.T, vm *VM, report func(string, ...any), when string) (pssMiB float64) {
 	script := agentProcs + ` | while read pid exe; do ` +
 		`echo "proc $pid $(awk '/^VmRSS:/{print $2}' /proc/$pid/status) $(awk '/^Rss:/{print $2}' /proc/$pid/smaps_rollup) $(awk '/^Pss:/{print $2}' /proc/$pid/smaps_rollup) ${exe##*/}"; done; ` +
 		`cg=/sys/fs/cgroup$(systemctl show -p ControlGroup --value ` + service + `); ` +
@@ -374,6 +383,72 @@ func measureMemory(t *testing.T, vm *VM, report func(string, ...any)) {
 		t.Fatalf("no agent process in the guest:\n%s", out)
 	}
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
-	report("idle memory, %d agent processes: VmRSS %.1f MiB, RSS %.1f MiB, PSS %.1f MiB (each VmRSS/RSS/PSS MiB: %s); the unit's cgroup memory.current %.1f MiB (anon %.1f, file %.1f, kernel %.1f)",
-		len(procs), float64(vmrss)/1024, float64(rss)/1024, float64(pss)/1024, strings.Join(procs, ", "), mib(cgroup), mib(stat["anon"]), mib(stat["file"]), mib(stat["kernel"]))
+	report("%s memory, %d agent processes: VmRSS %.1f MiB, RSS %.1f MiB, PSS %.1f MiB (each VmRSS/RSS/PSS MiB: %s); the unit's cgroup memory.current %.1f MiB (anon %.1f, file %.1f, kernel %.1f)",
+		when, len(procs), float64(vmrss)/1024, float64(rss)/1024, float64(pss)/1024, strings.Join(procs, ", "), mib(cgroup), mib(stat["anon"]), mib(stat["file"]), mib(stat["kernel"]))
+	return float64(pss) / 1024
+}
+
+// idleMemoryBar is design.md's bar for all agent processes of an idle
+// agent in a real guest (qemu-ga: about 6 MiB), in PSS.
+const idleMemoryBar = 40.0
+
+// checkIdleExit runs commands of two command plugins (cmd-system through
+// guest-get-host-name, cmd-exec through a guest-exec whose status is
+// collected), then waits for both plugins to leave on their own, measures
+// the memory again and checks that the next command starts its plugin anew.
+// The probes run on the serial console, not through the agent.
+func checkIdleExit(t *testing.T, vm *VM, report func(string, ...any)) {
+	if _, err := vm.Call("guest-get-host-name", nil, 20*time.Second, false); err != nil {
+		t.Fatalf("guest-get-host-name: %v", err)
+	}
+	r, err := vm.Call("guest-exec", map[string]any{"path": "/bin/true"}, 20*time.Second, false)
+	if err != nil || r.Error != nil {
+		t.Fatalf("guest-exec: %v %+v", err, r.Error)
+	}
+	var started struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(r.Return, &started); err != nil {
+		t.Fatalf("guest-exec reply %s: %v", r.Return, err)
+	}
+	for i := 0; ; i++ {
+		// Collected, the status no longer keeps cmd-exec busy.
+		st, err := vm.Call("guest-exec-status", map[string]any{"pid": started.PID}, 20*time.Second, false)
+		if err != nil || st.Error != nil {
+			t.Fatalf("guest-exec-status: %v %+v", err, st.Error)
+		}
+		if strings.Contains(string(st.Return), `"exited":true`) {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("/bin/true did not exit: %s", st.Return)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	used := time.Now()
+	plugins := func() string {
+		out := vm.MustSh(t, agentProcs+" | sed -n 's#.*/guest-agent-cmd-##p' | sort | tr '\\n' ' '", 30*time.Second)
+		return strings.TrimSpace(out)
+	}
+	if running := plugins(); !strings.Contains(running, "system") || !strings.Contains(running, "exec") {
+		t.Fatalf("cmd-system and cmd-exec should run after their commands: %q", running)
+	}
+	for deadline := used.Add(75 * time.Second); ; {
+		running := plugins()
+		if running == "" {
+			report("command plugins used (cmd-system, cmd-exec), then left on their own %s after their last command (plugin_idle_exit 30 s)",
+				time.Since(used).Round(time.Second))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("command plugins still running %s after their last command: %q", time.Since(used).Round(time.Second), running)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if pss := measureMemory(t, vm, report, "after use and idle exit"); pss > idleMemoryBar {
+		t.Errorf("agent after use: %.1f MiB PSS, over the %.0f MiB bar", pss, idleMemoryBar)
+	}
+	if _, err := vm.Call("guest-get-host-name", nil, 20*time.Second, false); err != nil {
+		t.Fatalf("guest-get-host-name after cmd-system left: %v", err)
+	}
 }
