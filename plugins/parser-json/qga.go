@@ -358,17 +358,19 @@ func appendEnd(out []byte, id json.RawMessage) []byte {
 // object as member BlobField (dialect.Outcome.BlobSplice). ok is false for
 // any other outcome.
 func blobReplyParts(o *sdk.Outcome, id json.RawMessage, delimited bool) (head, tail []byte, ok bool) {
-	prefix, suffix, ok := o.BlobSplice()
-	if !ok {
+	if !o.HasBlob() {
 		return nil, nil, false
 	}
-	head = make([]byte, 0, 12+len(prefix))
+	head = make([]byte, 0, 32+len(o.BlobField))
 	if delimited {
 		head = append(head, resyncByte)
 	}
 	head = append(head, `{"return": `...)
-	head = append(head, prefix...)
-	return head, appendEnd(append(make([]byte, 0, len(suffix)+len(id)+16), suffix...), id), true
+	head, tail, ok = o.AppendBlobSplice(head, make([]byte, 0, len(o.Result)+len(id)+16))
+	if !ok {
+		return nil, nil, false
+	}
+	return head, appendEnd(tail, id), true
 }
 
 // failureReply renders a failed outcome: a plugin's error as it is, the

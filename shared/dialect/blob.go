@@ -38,22 +38,27 @@ func (o *Outcome) ResultJSON() json.RawMessage {
 // megabytes of text are never copied. ok is false when the outcome has no
 // bulk data (HasBlob) or its result is not an object.
 func (o *Outcome) BlobSplice() (prefix, suffix []byte, ok bool) {
+	return o.AppendBlobSplice(nil, nil)
+}
+
+// AppendBlobSplice is BlobSplice appending prefix to head and suffix to
+// tail (a dialect's envelope before and after the result), so a reply's
+// parts cost no more allocations than the dialect's own.
+func (o *Outcome) AppendBlobSplice(head, tail []byte) (prefix, suffix []byte, ok bool) {
 	result := o.ResultJSON()
 	if !o.HasBlob() || result[0] != '{' {
-		return nil, nil, false
+		return head, tail, false
 	}
-	prefix = make([]byte, 0, 8+len(o.BlobField))
-	prefix = append(prefix, '{')
-	prefix = strconv.AppendQuote(prefix, o.BlobField)
-	prefix = append(prefix, `: "`...)
+	head = append(head, '{')
+	head = strconv.AppendQuote(head, o.BlobField)
+	head = append(head, `: "`...)
 	rest := bytes.TrimSpace(result[1:])
-	suffix = make([]byte, 0, len(rest)+3)
-	suffix = append(suffix, '"')
+	tail = append(tail, '"')
 	if len(rest) > 0 && rest[0] != '}' {
-		suffix = append(suffix, ", "...)
+		tail = append(tail, ", "...)
 	}
-	suffix = append(suffix, rest...)
-	return prefix, suffix, true
+	tail = append(tail, rest...)
+	return head, tail, true
 }
 
 // BlobTextLen is the length of the bulk data's base64 text.
