@@ -246,7 +246,7 @@ func (s *Supervisor) replaceChannelPlugin(ctx context.Context, m *managed, f Fou
 	}
 	m.mu.Lock()
 	m.found.Path, m.found.file = f.Path, f.file
-	m.believed = probe.believed
+	m.believed, m.warned = probe.believed, ""
 	m.crashes, m.nextStart = nil, time.Time{}
 	r := m.run
 	m.run = nil // an intended stop, not a crash
