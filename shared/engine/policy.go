@@ -2,6 +2,8 @@ package engine
 
 import (
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/guest-agent/guest-agent/shared/dialect"
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
@@ -63,7 +65,45 @@ func (d *dispatcher) denial(command string) *dialect.Outcome {
 		return nil
 	}
 	id := identity(d.caller)
-	d.e.logger.Warn("command refused by the channel's policy", "channel", d.st.cfg.GetName(), "command", command,
-		"uid", id.UID, "gid", id.GID, "pid", id.PID, "groups", fmt.Sprint(id.Groups))
+	if logged, dropped := d.st.denials.admit(time.Now()); logged {
+		args := []any{"channel", d.st.cfg.GetName(), "command", command, "uid", id.UID, "gid", id.GID, "pid", id.PID,
+			"groups", fmt.Sprint(id.Groups)}
+		if dropped > 0 {
+			args = append(args, "not_logged_before", dropped)
+		}
+		d.e.logger.Warn("command refused by the channel's policy", args...)
+	}
 	return failOutcome(&dialect.Failure{Kind: dialect.FailDenied, Command: command, Caller: id.String(), Channel: d.st.cfg.GetName()})
+}
+
+// Refusals are logged one by one, up to denialBurst in a denialWindow per
+// channel: a local user calling in a loop must not flood the journal. The
+// first line after a quiet spell says how many went unlogged.
+const (
+	denialBurst  = 20
+	denialWindow = 10 * time.Second
+)
+
+type denialLog struct {
+	mu      sync.Mutex
+	start   time.Time
+	count   int
+	dropped int
+}
+
+// admit tells whether a refusal at now is logged, and how many were not
+// since the last one that was.
+func (l *denialLog) admit(now time.Time) (logged bool, dropped int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.start) >= denialWindow {
+		l.start, l.count = now, 0
+	}
+	if l.count >= denialBurst {
+		l.dropped++
+		return false, 0
+	}
+	l.count++
+	dropped, l.dropped = l.dropped, 0
+	return true, dropped
 }

@@ -73,6 +73,7 @@ type channelState struct {
 	block   map[string]bool
 	// policy is the channel's policy per caller; nil: none.
 	policy   atomic.Pointer[policy.Policy]
+	denials  denialLog
 	sessions atomic.Int64
 	budget   *budget
 }
