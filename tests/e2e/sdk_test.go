@@ -15,7 +15,7 @@ import (
 // directions, and the data plane.
 func TestPluginOverRealGRPC(t *testing.T) {
 	p := plugintest.Start(t, filepath.Join(pluginDir, "guest-agent-cmd-test"))
-	if p.Info.Name != "cmd-test" || p.Info.Kind != pb.Kind_KIND_COMMAND || len(p.Info.Commands) != 6 {
+	if p.Info.Name != "cmd-test" || p.Info.Kind != pb.Kind_KIND_COMMAND || len(p.Info.Commands) != 9 {
 		t.Fatalf("info: %+v", p.Info)
 	}
 	health, err := p.Clients.Base.Health(context.Background(), &pb.HealthRequest{})
