@@ -30,7 +30,10 @@ type options struct {
 }
 
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	root, o := newRootCmd()
+	err := root.Execute()
+	o.guests.closeBridges()
+	if err != nil {
 		var code exitCode
 		if errors.As(err, &code) {
 			os.Exit(int(code))
@@ -44,8 +47,8 @@ func main() {
 // (docs.go: the hidden docs command of make doc).
 var extraCommands []func() *cobra.Command
 
-func newRootCmd() *cobra.Command {
-	o := &options{}
+func newRootCmd() (*cobra.Command, *options) {
+	o := &options{timeout: 10 * time.Second}
 	root := &cobra.Command{
 		Use:   "guestctl",
 		Short: "Talk to a guest agent (guest-agent or qemu-ga) from the host",
@@ -87,7 +90,7 @@ It works with guest-agent and with qemu-ga.`,
 		case o.socket == "" && o.guests.domain == "":
 			return fmt.Errorf("no guest: give --socket PATH or --domain NAME")
 		case o.guests.domain != "":
-			s, err := o.guests.socket(cmd.Context(), domains.AgentChannel)
+			s, err := o.guests.socket(cmdContext(cmd), domains.AgentChannel, o.timeout)
 			if err != nil {
 				return err
 			}
@@ -119,7 +122,7 @@ It works with guest-agent and with qemu-ga.`,
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
-	return root
+	return root, o
 }
 
 // talksToAgent tells whether cmd needs --socket: not help, cobra's

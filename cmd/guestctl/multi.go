@@ -35,9 +35,14 @@ func (o *options) resolveTargets(ctx context.Context) error {
 		}
 		o.targets = []guestTarget{}
 		for _, g := range guests {
-			if g.Socket != "" {
-				o.targets = append(o.targets, guestTarget{name: g.Name, socket: g.Socket})
+			if g.Socket == "" {
+				continue
 			}
+			t := guestTarget{name: g.Name, socket: g.Socket}
+			if o.guests.throughLibvirt() {
+				t.socket, t.err = o.guests.bridgeFor(g.Name, o.timeout)
+			}
+			o.targets = append(o.targets, t)
 		}
 		if len(o.targets) == 0 {
 			return errors.New("--all: no running guest has an agent channel")
@@ -48,7 +53,7 @@ func (o *options) resolveTargets(ctx context.Context) error {
 		if name = strings.TrimSpace(name); name == "" {
 			continue
 		}
-		sock, err := domains.FindSocket(ctx, src, name, domains.AgentChannel)
+		sock, err := o.guests.socketOf(ctx, name, domains.AgentChannel, o.timeout)
 		o.targets = append(o.targets, guestTarget{name: name, socket: sock, err: err})
 	}
 	return nil

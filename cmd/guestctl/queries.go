@@ -146,7 +146,15 @@ agent's version. --json prints one object per guest.`,
 					gctx, cancel := context.WithTimeout(ctx, o.timeout)
 					defer cancel()
 					var info guestInfo
-					a, err := openSession(gctx, o, g.Socket)
+					sock := g.Socket
+					if o.guests.throughLibvirt() {
+						var err error
+						if sock, err = o.guests.bridgeFor(g.Name, o.timeout); err != nil {
+							out[i].Agent, out[i].Error = "no answer", err.Error()
+							return
+						}
+					}
+					a, err := openSession(gctx, o, sock)
 					if err == nil {
 						err = a.call(gctx, o, "guest-info", nil, &info)
 						a.Close()

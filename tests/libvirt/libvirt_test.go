@@ -116,6 +116,7 @@ func (r *run) all() {
 	}
 	r.waitFirstAnswer()
 	r.firstGuestInfo()
+	r.guestctl()
 	r.guestinfo()
 	r.domfsinfo()
 	r.domifaddr()
