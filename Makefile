@@ -17,6 +17,11 @@ export VERSION
 # grpcnotrace: no golang.org/x/net/trace (and its html/template) in any binary:
 # 450 KB less each; nothing here serves trace pages.
 GOFLAGS_BUILD := -trimpath -tags grpcnotrace -ldflags "-s -w -X main.version=$(VERSION)"
+# Off the data path, size matters more than speed: the supervisor and the
+# exchanges (which hand their descriptors to the parser) are built without
+# inlining, 9 % smaller each (the core package 2.4 MB less). The parser and
+# the command plugins, which move the bytes, keep it.
+GOFLAGS_SMALL := -gcflags=all=-l
 
 PLUGINS := $(notdir $(wildcard plugins/*))
 
@@ -49,10 +54,11 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	cd cmd/agent && $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/guest-agent .
+	cd cmd/agent && $(GO) build $(GOFLAGS_BUILD) $(GOFLAGS_SMALL) -o $(BIN)/guest-agent .
 	cd cmd/guestctl && $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/guestctl .
 	@for p in $(PLUGINS); do \
-		(cd plugins/$$p && $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/guest-agent-$$p .) || exit 1; \
+		small=; case $$p in exchange-*) small="$(GOFLAGS_SMALL)";; esac; \
+		(cd plugins/$$p && $(GO) build $(GOFLAGS_BUILD) $$small -o $(BIN)/guest-agent-$$p .) || exit 1; \
 	done
 	@# Each plugin's manifest beside it: the agent knows every command at boot
 	@# without starting a plugin (packagers run the same command at install).

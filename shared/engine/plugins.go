@@ -194,8 +194,8 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 		resp, err := host.EnsureStarted(ctx, &pb.EnsureStartedRequest{Plugin: pc.name, ConnectionLost: pc.lost})
 		if err == nil {
 			pc.socket, pc.lost, pc.released = resp.DataplaneSocket, false, false
-			c, err := dataplane.Dial(ctx, pc.socket)
-			if err == nil {
+			var c *dataplane.Client
+			if c, err = dataplane.Dial(ctx, pc.socket); err == nil {
 				pc.conn = c
 				return c, nil
 			}
