@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
@@ -19,12 +18,9 @@ const retireDrainWait = time.Second
 // to an idle command plugin: the plugin is stopped unless it is busy, and
 // its next command starts it again (EnsureStarted).
 func (h *hostServer) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
-	h.s.mu.Lock()
-	m := h.s.plugins[req.Plugin]
-	isCommand := m != nil && m.info.Kind == pb.Kind_KIND_COMMAND
-	h.s.mu.Unlock()
-	if !isCommand {
-		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
+	m, err := h.commandPlugin(req.Plugin)
+	if err != nil {
+		return nil, err
 	}
 	return &pb.ReleaseResponse{Stopped: h.s.retireIdle(ctx, m)}, nil
 }

@@ -996,13 +996,21 @@ type hostServer struct {
 	s *Supervisor
 }
 
-func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedRequest) (*pb.EnsureStartedResponse, error) {
+// commandPlugin finds the command plugin a parser names.
+func (h *hostServer) commandPlugin(name string) (*managed, error) {
 	h.s.mu.Lock()
-	m := h.s.plugins[req.Plugin]
-	isCommand := m != nil && m.info.Kind == pb.Kind_KIND_COMMAND
-	h.s.mu.Unlock()
-	if !isCommand {
-		return nil, fmt.Errorf("no command plugin %q", req.Plugin)
+	defer h.s.mu.Unlock()
+	m := h.s.plugins[name]
+	if m == nil || m.info.Kind != pb.Kind_KIND_COMMAND {
+		return nil, fmt.Errorf("no command plugin %q", name)
+	}
+	return m, nil
+}
+
+func (h *hostServer) EnsureStarted(ctx context.Context, req *pb.EnsureStartedRequest) (*pb.EnsureStartedResponse, error) {
+	m, err := h.commandPlugin(req.Plugin)
+	if err != nil {
+		return nil, err
 	}
 	if req.ConnectionLost {
 		h.s.awaitExit(ctx, m)
