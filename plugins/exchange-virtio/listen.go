@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/guest-agent/guest-agent/shared/policy"
 	"github.com/guest-agent/guest-agent/shared/sdk"
 	"github.com/guest-agent/guest-agent/shared/session"
 	"github.com/hashicorp/go-hclog"
@@ -482,6 +483,8 @@ func (l *listener) handoff(fd int, sa unix.Sockaddr) {
 			return
 		}
 		ev.Peer = &session.Peer{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid)}
+		ev.Peer.Groups, _ = policy.PeerGroups(fd) // older kernels: the primary group only
+		ev.Peer.Groups = ev.Peer.Groups[:min(len(ev.Peer.Groups), session.MaxPeerGroups)]
 	}
 	if err := l.tracker.add(fd); err != nil {
 		l.log.Warn("session will not count towards max_connections", "error", err)

@@ -75,6 +75,9 @@ func TestUnixListenSessions(t *testing.T) {
 		if ev.Peer == nil || int(ev.Peer.PID) != os.Getpid() || int(ev.Peer.UID) != os.Getuid() || int(ev.Peer.GID) != os.Getgid() {
 			t.Errorf("peer %+v, want pid %d uid %d gid %d", ev.Peer, os.Getpid(), os.Getuid(), os.Getgid())
 		}
+		if groups, _ := os.Getgroups(); ev.Peer != nil && len(ev.Peer.Groups) != len(groups) {
+			t.Errorf("peer's supplementary groups %v, want this process's %v", ev.Peer.Groups, groups)
+		}
 		if seen[ev.Session] {
 			t.Errorf("session id %q reused", ev.Session)
 		}

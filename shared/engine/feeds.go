@@ -57,6 +57,7 @@ func (e *Engine) serveFeed(feed *session.Feed, st *channelState) {
 			caller := &pb.Caller{Channel: st.cfg.Name, Dialect: st.cfg.Dialect, PeerPid: -1, PeerUid: -1, PeerGid: -1}
 			if ev.Peer != nil {
 				caller.PeerPid, caller.PeerUid, caller.PeerGid = ev.Peer.PID, ev.Peer.UID, ev.Peer.GID
+				caller.PeerGroups = ev.Peer.Groups
 			}
 			if ev.Kind == session.KindMessages {
 				go e.serveMessages(ctx, st, f, caller)

@@ -32,17 +32,18 @@ func PeerIdentity(conn syscall.Conn) (Identity, error) {
 			return
 		}
 		id = Identity{PID: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid)}
-		id.Groups, _ = peerGroups(int(fd)) // older kernels: primary group only
+		id.Groups, _ = PeerGroups(int(fd)) // older kernels: primary group only
 	}); err != nil {
 		return Unknown, fmt.Errorf("peer identity: %w", err)
 	}
 	return id, opErr
 }
 
-// peerGroups reads SO_PEERGROUPS, which x/sys/unix has no helper for: the
-// kernel fills an array of gid_t and says how long it had to be (ERANGE
-// when the buffer was short).
-func peerGroups(fd int) ([]int32, error) {
+// PeerGroups reads SO_PEERGROUPS of a connected unix socket, which
+// x/sys/unix has no helper for: the kernel fills an array of gid_t and says
+// how long it had to be (ERANGE when the buffer was short). Linux 4.13 and
+// later; ENOPROTOOPT before.
+func PeerGroups(fd int) ([]int32, error) {
 	buf := make([]uint32, 64)
 	for {
 		size := uint32(len(buf) * 4)

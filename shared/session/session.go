@@ -57,7 +57,14 @@ type Peer struct {
 	PID int32 `json:"pid"`
 	UID int32 `json:"uid"`
 	GID int32 `json:"gid"`
+	// Groups are the supplementary groups (SO_PEERGROUPS), for a
+	// channel's policy per caller: at most MaxPeerGroups, so that an event
+	// stays within its packet.
+	Groups []int32 `json:"groups,omitempty"`
 }
+
+// MaxPeerGroups bounds Peer.Groups (an event is at most 16 KiB).
+const MaxPeerGroups = 1000
 
 // EventVersion is the schema version of the events this package sends
 // (guestagent.v1.SessionEvent.version); events without one are version 1.
@@ -188,7 +195,7 @@ func (ev Event) proto() *pb.SessionEvent {
 		ListenerPath: utf(ev.ListenerPath), WatchHost: ev.WatchHost,
 	}
 	if ev.Peer != nil {
-		m.Peer = &pb.SessionPeer{Pid: ev.Peer.PID, Uid: ev.Peer.UID, Gid: ev.Peer.GID}
+		m.Peer = &pb.SessionPeer{Pid: ev.Peer.PID, Uid: ev.Peer.UID, Gid: ev.Peer.GID, Groups: ev.Peer.Groups}
 	}
 	return m
 }
@@ -203,7 +210,7 @@ func eventOf(m *pb.SessionEvent) Event {
 		ev.Version = 1 // 1.0 to 1.3 sent none
 	}
 	if m.Peer != nil {
-		ev.Peer = &Peer{PID: m.Peer.Pid, UID: m.Peer.Uid, GID: m.Peer.Gid}
+		ev.Peer = &Peer{PID: m.Peer.Pid, UID: m.Peer.Uid, GID: m.Peer.Gid, Groups: m.Peer.Groups}
 	}
 	return ev
 }

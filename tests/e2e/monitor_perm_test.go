@@ -251,3 +251,43 @@ func logged(a *harness.Agent, parts ...string) bool {
 	}
 	return false
 }
+
+// The policy on a channel block of the monitor dialect whose exchange keeps
+// its accept loop (hand_over_listener = false): the supplementary groups
+// come with the session from the exchange.
+func TestMonitorPolicyExchangeAccept(t *testing.T) {
+	requireUsers(t)
+	addGroup(t, "gamon-backup")
+	alice := addUser(t, "gamon-alice")
+	bob := addUser(t, "gamon-bob", "gamon-backup")
+	dir := harness.ShortTempDir(t)
+	qga, mon := filepath.Join(dir, "qga.sock"), filepath.Join(dir, "local", "commands.sock")
+	harness.StartAgent(t, harness.Options{PluginDir: pluginDir, Config: fmt.Sprintf(`
+channel "qga" {
+  method  = "unix-listen"
+  path    = %q
+  dialect = "qga"
+}
+channel "local" {
+  method  = "unix-listen"
+  path    = %q
+  dialect = "monitor"
+  allow   = { "guest-ping" = ["*"], "test-caller" = ["@gamon-backup"] }
+  options = { socket_mode = "0777", hand_over_listener = false }
+}
+`, qga, mon)})
+	harness.WaitForPing(t, qga, 10*time.Second)
+	waitMonitor(t, mon)
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if r, stderr, err := callAs(t, &bob, mon, "test-caller"); err != nil || r.Status != 0 || string(r.Members["peer-uid"]) != strconv.Itoa(bob.uid) {
+		t.Errorf("bob, in gamon-backup by a supplementary group: %s %v %s", r.Raw, err, stderr)
+	}
+	if r, _, err := callAs(t, &alice, mon, "test-caller"); err != nil || r.Status != 105 {
+		t.Errorf("alice: %s %v", r.Raw, err)
+	}
+	if r, _, err := callAs(t, &alice, mon, "guest-ping"); err != nil || r.Status != 0 {
+		t.Errorf("alice guest-ping: %s %v", r.Raw, err)
+	}
+}

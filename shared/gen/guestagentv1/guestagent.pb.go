@@ -1595,10 +1595,13 @@ func (x *SessionEvent) GetWatchHost() bool {
 }
 
 type SessionPeer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Uid           int32                  `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           int32                  `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pid   int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Uid   int32                  `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid   int32                  `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
+	// Added in 1.3. The supplementary groups (SO_PEERGROUPS), for a channel's
+	// policy per caller; at most session.MaxPeerGroups of them.
+	Groups        []int32 `protobuf:"varint,4,rep,packed,name=groups,proto3" json:"groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1652,6 +1655,13 @@ func (x *SessionPeer) GetGid() int32 {
 		return x.Gid
 	}
 	return 0
+}
+
+func (x *SessionPeer) GetGroups() []int32 {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
 }
 
 type Route struct {
@@ -2751,11 +2761,12 @@ const file_guestagent_v1_guestagent_proto_rawDesc = "" +
 	"\rlistener_path\x18\t \x01(\tR\flistenerPath\x12\x1d\n" +
 	"\n" +
 	"watch_host\x18\n" +
-	" \x01(\bR\twatchHost\"C\n" +
+	" \x01(\bR\twatchHost\"[\n" +
 	"\vSessionPeer\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\x05R\x03uid\x12\x10\n" +
-	"\x03gid\x18\x03 \x01(\x05R\x03gid\"\xae\x01\n" +
+	"\x03gid\x18\x03 \x01(\x05R\x03gid\x12\x16\n" +
+	"\x06groups\x18\x04 \x03(\x05R\x06groups\"\xae\x01\n" +
 	"\x05Route\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12)\n" +
