@@ -90,6 +90,9 @@ type copier struct {
 }
 
 func runCp(cmd *cobra.Command, o *options, f *cpFlags, src, dst string) error {
+	if err := o.oneGuest("cp"); err != nil {
+		return err
+	}
 	srcGuest, dstGuest := strings.HasPrefix(src, guestPrefix), strings.HasPrefix(dst, guestPrefix)
 	if srcGuest == dstGuest {
 		return errors.New("one of SRC and DST must be in the guest (guest:/path), the other on the host")

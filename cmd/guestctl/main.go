@@ -103,6 +103,9 @@ It works with guest-agent and with qemu-ga.`,
 	root.AddCommand(&cobra.Command{
 		Use: "raw JSON", Short: "Send one raw request line (no sync) and print the raw reply", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, argv []string) error {
+			if err := o.oneGuest("raw"); err != nil {
+				return err
+			}
 			c, err := qga.Dial(cmd.Context(), o.socket, o.timeout)
 			if err != nil {
 				return err

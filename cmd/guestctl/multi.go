@@ -24,6 +24,14 @@ type guestTarget struct {
 // multi tells whether the command runs over several guests.
 func (o *options) multi() bool { return o.targets != nil }
 
+// oneGuest refuses several guests for a command that takes one.
+func (o *options) oneGuest(cmd string) error {
+	if o.multi() {
+		return fmt.Errorf("%s takes one guest: not with --all or several --domain names", cmd)
+	}
+	return nil
+}
+
 // resolveTargets finds the guests of --all (every running guest with an
 // agent channel) or of --domain a,b,...
 func (o *options) resolveTargets(ctx context.Context) error {

@@ -215,8 +215,16 @@ func newTimeCmd(o *options) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runOp(cmd, o, func(ctx context.Context, a *agent) (result, error) {
 				if sync {
-					// guest-set-time with the host's clock, in nanoseconds.
-					if err := a.call(ctx, o, "guest-set-time", map[string]any{"time": time.Now().UnixNano()}, nil); err != nil {
+					// guest-set-time with the host's clock, in nanoseconds,
+					// ahead by half a round trip, measured first with
+					// guest-get-time (which also wakes the agent's plugin
+					// that serves both, so the set is not late by its start).
+					t0 := time.Now()
+					if err := a.call(ctx, o, "guest-get-time", nil, nil); err != nil {
+						return result{}, err
+					}
+					half := time.Since(t0) / 2
+					if err := a.call(ctx, o, "guest-set-time", map[string]any{"time": time.Now().Add(half).UnixNano()}, nil); err != nil {
 						return result{}, err
 					}
 				}
@@ -255,6 +263,9 @@ Without it the guest stays frozen until guestctl thaw (guest-agent thaws on
 its own after limits.fsfreeze_max, 10 minutes by default; qemu-ga never).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.oneGuest("freeze"); err != nil {
+				return err
+			}
 			ctx := cmdContext(cmd)
 			a, err := openSession(ctx, o, o.socket)
 			if err != nil {

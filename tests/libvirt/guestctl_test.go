@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"context"
+	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -17,7 +18,7 @@ import (
 // and from virsh dumpxml with --connect (outside it). libvirtd holds the
 // agent socket's one connection, so both go through libvirt (virsh
 // qemu-agent-command), as for a remote URI. exec is checked end to end:
-// output, exit code, stdin.
+// output, exit code, stdin; then time --sync.
 func (r *run) guestctl() {
 	s := &step{name: "guestctl --domain"}
 	r.steps = append(r.steps, s)
@@ -65,6 +66,20 @@ func (r *run) guestctl() {
 			r.fail(s, "%s", s.out)
 			return
 		}
+	}
+	// time --sync sets the guest's clock from the host's: then they agree.
+	ctx, cancel := context.WithTimeout(r.ctx, 60*time.Second)
+	out, err := exec.CommandContext(ctx, bin, "--connect", r.dom.d.uri, "-d", r.dom.name, "--json", "time", "--sync").CombinedOutput()
+	cancel()
+	var synced struct {
+		Offset int64 `json:"offset-ns"`
+		Synced bool  `json:"synced"`
+	}
+	if err != nil || json.Unmarshal(out, &synced) != nil || !synced.Synced ||
+		time.Duration(synced.Offset).Abs() > 2*time.Second {
+		s.out = "time --sync: " + string(out)
+		r.fail(s, "%s", s.out)
+		return
 	}
 	s.took, s.ok, s.shape, s.out = time.Since(start), true, "exec exit 7, got hello", "ok"
 }
