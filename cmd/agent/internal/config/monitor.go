@@ -82,6 +82,9 @@ func (c *Agent) ExpandCommandMonitor() {
 		opts["socket_group"] = cty.StringVal(m.SocketGroup)
 	}
 	ch.Options = cty.ObjectVal(opts)
+	if ch.Allow == nil {
+		ch.Allow = policy.DefaultRules() // written out: config dump shows the policy in effect
+	}
 	c.Channels = append(c.Channels, ch)
 }
 

@@ -30,7 +30,10 @@ func TestCommandMonitorOneLine(t *testing.T) {
 	if err != nil || string(opts) != `{"max_connections":16,"socket_mode":"0770"}` {
 		t.Errorf("options %s, %v", opts, err)
 	}
-	// No allow: the default policy of a local channel.
+	// No allow: the default policy of a local channel, written out.
+	if len(ch.Allow) != 8 {
+		t.Errorf("the expanded channel's allow: %v", ch.Allow)
+	}
 	rules := ch.Policy()
 	if !slices.Equal(rules["*"], []string{"root"}) || !slices.Equal(rules["guest-get-osinfo"], []string{"*"}) || rules["guest-exec"] != nil {
 		t.Errorf("default policy %v", rules)
