@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -24,6 +26,13 @@ const refusedAtFork = "guest-exec refused: 0 commands are already running (max_c
 var execErrorTexts = regexp.MustCompile(`(?s)^(` +
 	`Parameter '.*' is (unexpected|missing)` +
 	`|Invalid parameter type for '(path|arg|env|input-data|arg\[\d+\]|env\[\d+\])', expected: (string|array)` +
+	// guest-exec's arguments beyond qemu-ga's (extras.go).
+	`|Invalid parameter type for '(timeout|cwd|user|group|input-pipe)', expected: (number|string|boolean)` +
+	`|Parameter 'timeout' must be a number of seconds above 0 and at most \d+` +
+	`|Parameter 'cwd' must be an absolute path` +
+	`|guest-exec: working directory '.*'( is not a directory|: .*)` +
+	`|guest-exec: no (user|group) '.*' in the guest` +
+	`|Parameter '(user|group)' must not be empty` +
 	`|Invalid parameter type for 'capture-output', expected: GuestExecCaptureOutput` +
 	`|Parameter 'capture-output' does not accept value '.*'` +
 	`|QMP input member 'arguments' must be an object` +
@@ -71,6 +80,17 @@ func FuzzExecArgs(f *testing.F) {
 		`{"path":"/bin/true","input-data":"QU\u0000JD"}`,
 		`{"path":"/bin/true","input-data":5}`,
 		`{"path":"/bin/true","extra":1}`,
+		`{"path":"/bin/true","timeout":1.5,"cwd":"/tmp","user":"root","group":"0","input-pipe":true}`,
+		`{"path":"/bin/true","timeout":0}`,
+		`{"path":"/bin/true","timeout":"5"}`,
+		`{"path":"/bin/true","timeout":1e300}`,
+		`{"path":"/bin/true","cwd":"tmp"}`,
+		`{"path":"/bin/true","cwd":"/nonexistent"}`,
+		`{"path":"/bin/true","cwd":"/etc/passwd"}`,
+		`{"path":"/bin/true","user":"no-such-user-fuzz"}`,
+		`{"path":"/bin/true","user":""}`,
+		`{"path":"/bin/true","group":7}`,
+		`{"path":"/bin/true","input-pipe":"yes"}`,
 		`{}`, `[]`, `null`, ``,
 	} {
 		f.Add([]byte(s), false)
@@ -190,6 +210,38 @@ func schemaExecArgs(raw []byte) (schemaArgs, string) {
 					return a, "capture-output is neither a boolean nor a mode"
 				}
 			}
+		case "timeout":
+			if isNull(v) {
+				continue
+			}
+			var secs float64
+			if err = json.Unmarshal(v, &secs); err == nil && !(secs > 0 && secs <= maxExecTimeout.Seconds()) {
+				return a, "timeout is out of range"
+			}
+		case "cwd":
+			if isNull(v) {
+				continue
+			}
+			var dir string
+			if err = json.Unmarshal(v, &dir); err == nil {
+				if st, serr := os.Stat(dir); !filepath.IsAbs(dir) || serr != nil || !st.IsDir() {
+					return a, "cwd is not an existing absolute directory"
+				}
+			}
+		case "user", "group":
+			if isNull(v) {
+				continue
+			}
+			var name string
+			if err = json.Unmarshal(v, &name); err == nil && name == "" {
+				return a, k + " is empty"
+			}
+		case "input-pipe":
+			if isNull(v) {
+				continue
+			}
+			var b bool
+			err = json.Unmarshal(v, &b)
 		default:
 			return a, "member " + k + " is not in the schema"
 		}
@@ -338,6 +390,49 @@ func FuzzCaptureOutput(f *testing.F) {
 			if se, ok := err.(*sdk.Error); !ok || se.Class != sdk.ClassGenericError {
 				t.Fatalf("%s: %T %v", raw, err, err)
 			}
+		}
+	})
+}
+
+// streamErrorTexts are the answers of guest-exec-read, -write and
+// -terminate for a pid that is not one of the plugin's.
+var streamErrorTexts = regexp.MustCompile(`(?s)^(` +
+	`Parameter '.*' is (unexpected|missing)` +
+	`|Invalid parameter type for '.*', expected: .*` +
+	`|QMP input member 'arguments' must be an object` +
+	`|Parameter 'signal' (does not accept value '.*'|must be a signal number from 1 to 64)` +
+	`|Parameter 'max-bytes' must be at least 1` +
+	`|Parameter 'wait' must be a number of seconds, 0 or more` +
+	`|Parameter 'out-offset' and 'err-offset' must not be negative` +
+	`|Base64 data contains (embedded NUL characters|invalid characters)` +
+	`|Invalid parameter 'pid')$`)
+
+// FuzzStreamArgs: any arguments to guest-exec-read, -write and -terminate
+// get an error in the same words, never a panic, and never signal or
+// touch a process that is not one of the plugin's (pid 1 included).
+func FuzzStreamArgs(f *testing.F) {
+	for _, s := range []string{
+		`{"pid":1}`, `{"pid":1,"signal":"KILL"}`, `{"pid":1,"signal":9}`, `{"pid":-1,"signal":"TERM"}`,
+		`{"pid":0,"signal":0}`, `{"pid":1,"signal":"NOPE"}`, `{"pid":1,"signal":1.5}`,
+		`{"pid":1,"out-offset":5,"err-offset":0,"max-bytes":10,"wait":0.1}`, `{"pid":1,"max-bytes":0}`,
+		`{"pid":1,"wait":-1}`, `{"pid":1,"out-offset":-1}`, `{"pid":1,"input-data":"QUJD","close":true}`,
+		`{"pid":1,"input-data":"*"}`, `{"pid":"1"}`, `{}`, `[]`, `null`, ``, `{"pid":1,"extra":2}`,
+	} {
+		for cmd := range uint8(3) {
+			f.Add([]byte(s), cmd)
+		}
+	}
+	e := newFuzzExecer(f, `{}`)
+	handlers := []func(context.Context, *sdk.Call) (any, error){e.handleRead, e.handleWrite, e.handleTerminate}
+	f.Fuzz(func(t *testing.T, args []byte, which uint8) {
+		h := handlers[int(which)%len(handlers)]
+		_, err := h(context.Background(), &sdk.Call{Args: args})
+		if err == nil {
+			t.Fatalf("%s: no error for a plugin without processes", args)
+		}
+		se, ok := err.(*sdk.Error)
+		if !ok || se.Class != sdk.ClassGenericError || !streamErrorTexts.MatchString(se.Desc) {
+			t.Fatalf("%s: %T %v", args, err, err)
 		}
 	})
 }
