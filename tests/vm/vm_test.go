@@ -147,6 +147,17 @@ func TestVMVirtioSerial(t *testing.T) {
 	if err == nil || !strings.Contains(out, "CommandNotFound: The command no-such-command has not been found") {
 		t.Fatalf("unknown command: %v %q", err, out)
 	}
+	// guestctl exec over the real port: output, stdin and the exit code,
+	// the stream, stdin and the reads sharing the one host connection.
+	execCmd := exec.Command(filepath.Join(harness.BinDir(t), "guestctl"), "--socket", vm.socket, "--timeout", "10s",
+		"exec", "-i", "--", "sh", "-c", "read x; echo got $x; echo err >&2; exit 3")
+	execCmd.Stdin = strings.NewReader("through the port\n")
+	var execOut, execErr strings.Builder
+	execCmd.Stdout, execCmd.Stderr = &execOut, &execErr
+	err = execCmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || execOut.String() != "got through the port\n" || execErr.String() != "err\n" {
+		t.Fatalf("guestctl exec: %v, stdout %q, stderr %q", err, execOut.String(), execErr.String())
+	}
 
 	// A malformed request, then a partial request cut by a host disconnect:
 	// the agent answers the first with an error and drops the second.
