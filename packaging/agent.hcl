@@ -196,6 +196,10 @@
 #    # allowed_env = ["PATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM", "HOME", "USER", "LOGNAME"]
 #    # Users a guest-exec may run as (its "user" argument); unset: any.
 #    # allowed_users = ["root", "www-data"]
+#    # A host reading a command's output with guest-exec-read holds the
+#    # command back when max_output_bytes are waiting; silent this long,
+#    # it is taken for gone and the output is dropped past the cap again.
+#    stream_idle = "30s"
 #    # Directory of negotiator-style commands ("": none; the built-in
 #    # find-* commands remain).
 #    commands_dir = "/usr/lib/negotiator/commands"

@@ -24,10 +24,11 @@ const readChunk = 64 << 10
 // instead: a full buffer stops the draining (the child then blocks on its
 // output, as a program whose terminal stopped scrolling) until the host
 // releases bytes, so nothing is lost. A host that has not read for
-// streamIdle is taken for gone, and bytes are dropped again, so a
+// idle (the stream_idle option) is taken for gone, and bytes are dropped again, so a
 // forgotten command does not hang on its output for ever.
 type capture struct {
 	limit int64
+	idle  time.Duration // how long a reading host may stay silent (stream_idle)
 
 	mu        sync.Mutex
 	buf       []byte // held bytes: offsets base .. base+len(buf)
@@ -42,12 +43,8 @@ type capture struct {
 	released  chan struct{}
 }
 
-// streamIdle is how long a reading host may stay silent before its
-// stream's output is dropped again instead of held back.
-const streamIdle = 30 * time.Second
-
-func newCapture(limit int64) *capture {
-	return &capture{limit: limit, changed: make(chan struct{}), released: make(chan struct{})}
+func newCapture(limit int64, idle time.Duration) *capture {
+	return &capture{limit: limit, idle: idle, changed: make(chan struct{}), released: make(chan struct{})}
 }
 
 // drain reads r until EOF or error and closes it.
@@ -86,7 +83,7 @@ func (c *capture) keep(p []byte) {
 			p = p[n:]
 			continue
 		}
-		idle := time.Until(c.lastRead.Add(streamIdle))
+		idle := time.Until(c.lastRead.Add(c.idle))
 		if !c.streaming || idle <= 0 {
 			c.streaming = false
 			c.truncated = true

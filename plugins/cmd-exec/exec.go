@@ -464,12 +464,12 @@ func (e *execer) spawn(req *execRequest, opts options) (*record, error) {
 	rec := &record{pid: int64(proc.Pid), done: make(chan struct{})}
 	var drained sync.WaitGroup
 	if ours.out != nil {
-		rec.out = newCapture(opts.MaxOutputBytes)
+		rec.out = newCapture(opts.MaxOutputBytes, time.Duration(opts.StreamIdle))
 		drained.Add(1)
 		go func() { defer drained.Done(); rec.out.drain(ours.out) }()
 	}
 	if ours.err != nil {
-		rec.err = newCapture(opts.MaxOutputBytes)
+		rec.err = newCapture(opts.MaxOutputBytes, time.Duration(opts.StreamIdle))
 		drained.Add(1)
 		go func() { defer drained.Done(); rec.err.drain(ours.err) }()
 	}

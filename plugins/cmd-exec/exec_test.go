@@ -401,7 +401,13 @@ func TestOptions(t *testing.T) {
 	if err != nil || o.MaxOutputBytes != 5 || time.Duration(o.StatusRetention) != time.Hour || o.MaxConcurrent != 3 || o.AllowedPaths[0] != "/usr/bin/../bin/x" || !o.KillOnExit {
 		t.Fatalf("decoded: %+v %v", o, err)
 	}
-	for _, bad := range []string{`{"max_output":1}`, `{"allowed_paths":["bin/x"]}`, `{"allowed_paths":["/usr/bin/"]}`, `{"allowed_paths":["/usr/bin/.."]}`, `{"max_concurrent":-1}`, `{"status_retention":"soon"}`, `{"commands_dir":"rel"}`} {
+	if o, err := decodeOptions([]byte(`{"stream_idle":"2s"}`)); err != nil || time.Duration(o.StreamIdle) != 2*time.Second {
+		t.Fatalf("stream_idle: %+v %v", o, err)
+	}
+	if time.Duration(defaultOptions().StreamIdle) != 30*time.Second {
+		t.Fatal("stream_idle's default is not 30 s")
+	}
+	for _, bad := range []string{`{"stream_idle":"-1s"}`, `{"max_output":1}`, `{"allowed_paths":["bin/x"]}`, `{"allowed_paths":["/usr/bin/"]}`, `{"allowed_paths":["/usr/bin/.."]}`, `{"max_concurrent":-1}`, `{"status_retention":"soon"}`, `{"commands_dir":"rel"}`} {
 		if _, err := decodeOptions([]byte(bad)); err == nil {
 			t.Errorf("%s accepted", bad)
 		}

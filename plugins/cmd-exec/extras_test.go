@@ -299,3 +299,20 @@ func TestExecWrite(t *testing.T) {
 	a.mustCall("guest-exec-terminate", fmt.Sprintf(`{"pid":%d}`, pid))
 	a.wait(pid)
 }
+
+// TestExecReadHostGone: a host that read once and went away holds the
+// command back for stream_idle, then its output is dropped past the cap
+// again and the command runs to its end.
+func TestExecReadHostGone(t *testing.T) {
+	a := newTestAgent(t, `{"max_output_bytes":4096,"stream_idle":"300ms"}`)
+	pid := a.exec(`{"path":"/bin/sh","arg":["-c","head -c 1048576 /dev/zero"],"capture-output":"stdout"}`)
+	a.mustCall("guest-exec-read", fmt.Sprintf(`{"pid":%d,"wait":1}`, pid))
+	start := time.Now()
+	st := a.wait(pid) // guest-exec-status only: no more reads
+	if took := time.Since(start); took < 250*time.Millisecond || took > 10*time.Second {
+		t.Fatalf("the command ended %s after the last read, want about stream_idle", took)
+	}
+	if st["exitcode"] != float64(0) || st["out-truncated"] != true {
+		t.Fatalf("status: %v", st)
+	}
+}

@@ -48,12 +48,17 @@ type options struct {
 	// another user only drops the agent's privileges; allowed_paths and
 	// allowed_env apply all the same).
 	AllowedUsers *[]string `json:"allowed_users"`
+	// StreamIdle is how long a host that reads a command's output with
+	// guest-exec-read may stay silent before that output, held back for it
+	// (flow control), is dropped past max_output_bytes again.
+	StreamIdle duration `json:"stream_idle"`
 }
 
 const (
 	defaultMaxOutputBytes  = 16 << 20
 	defaultStatusRetention = 10 * time.Minute
 	defaultMaxConcurrent   = 64
+	defaultStreamIdle      = 30 * time.Second
 )
 
 func defaultOptions() options {
@@ -63,6 +68,7 @@ func defaultOptions() options {
 		MaxConcurrent:   defaultMaxConcurrent,
 		CommandsDir:     negotiator.DefaultUserCommandsDir,
 		ExecuteTimeout:  duration(negotiator.DefaultTimeout * time.Second),
+		StreamIdle:      duration(defaultStreamIdle),
 	}
 }
 
@@ -91,6 +97,12 @@ func decodeOptions(raw json.RawMessage) (options, error) {
 	}
 	if o.StatusRetention < 0 {
 		return o, fmt.Errorf("cmd-exec options: status_retention must be positive, got %s", time.Duration(o.StatusRetention))
+	}
+	if o.StreamIdle == 0 {
+		o.StreamIdle = duration(defaultStreamIdle)
+	}
+	if o.StreamIdle < 0 {
+		return o, fmt.Errorf("cmd-exec options: stream_idle must be positive, got %s", time.Duration(o.StreamIdle))
 	}
 	if o.MaxConcurrent == 0 {
 		o.MaxConcurrent = defaultMaxConcurrent
