@@ -49,7 +49,6 @@ var (
 		StateDir: "/var/lib/guest-agent", RuntimeDir: "/run/guest-agent"}
 	xenService = &Service{Unit: "guest-agent-xen.service", Enable: true,
 		StateDir: "/var/lib/guest-agent-xen", RuntimeDir: "/run/guest-agent-xen"}
-	allAgents = []string{coreService.Unit, xenService.Unit}
 )
 
 // Package is one package of the project.
@@ -69,18 +68,14 @@ type Package struct {
 	DebScripts, RPMScripts map[string]scriptSpec
 }
 
-// scriptSpec is one maintainer script: its template and what it restarts.
+// scriptSpec is one maintainer script: its template.
 type scriptSpec struct {
 	template string
-	// restart: agents try-restarted when plugins change (deb: on the
-	// core's trigger; rpm: by each plugin package).
-	restart  []string
-	interest string // deb trigger directory (core)
 }
 
 var (
 	coreDeb = map[string]scriptSpec{
-		"postinstall": {template: "deb-postinst", restart: allAgents, interest: "/usr/lib/guest-agent/plugins"},
+		"postinstall": {template: "deb-postinst"},
 		"preremove":   {template: "deb-prerm"},
 		"postremove":  {template: "deb-postrm"},
 	}
@@ -89,21 +84,19 @@ var (
 		"preremove":   {template: "rpm-preun"},
 		"postremove":  {template: "rpm-postun"},
 	}
-	// A plugin package restarts the agents itself on rpm (no file
-	// triggers in nfpm); on deb the core's trigger does.
-	pluginRPM = map[string]scriptSpec{
-		"postinstall": {template: "rpm-post", restart: allAgents},
-		"postremove":  {template: "rpm-postun", restart: allAgents},
-	}
+	// A plugin package has no scripts: the running agents follow their
+	// plugin directory (inotify) and take a plugin up, drop it or restart
+	// it on its new binary by themselves, so installing one restarts no
+	// agent (which would drop every session, and thaw a frozen guest).
 	xenDeb = map[string]scriptSpec{
 		"postinstall": {template: "deb-postinst"},
 		"preremove":   {template: "deb-prerm"},
 		"postremove":  {template: "deb-postrm"},
 	}
 	xenRPM = map[string]scriptSpec{
-		"postinstall": {template: "rpm-post", restart: []string{coreService.Unit}},
+		"postinstall": {template: "rpm-post"},
 		"preremove":   {template: "rpm-preun"},
-		"postremove":  {template: "rpm-postun", restart: []string{coreService.Unit}},
+		"postremove":  {template: "rpm-postun"},
 	}
 )
 
@@ -156,8 +149,7 @@ func plugin(short, bin, what string) Package {
 		Kind: "plugin", Name: "guest-agent-plugin-" + short, Section: "admin", Plugins: []string{bin},
 		Description: "Guest agent plugin: " + what + "\n" +
 			"A plugin of guest-agent (plugin protocol " + fmt.Sprint(ABI) + "), in /usr/lib/guest-agent/plugins with its\n" +
-			"manifest; installing or removing it restarts the running agent.",
-		RPMScripts: pluginRPM,
+			"manifest; running agents take it up, or drop it, without a restart.",
 	}
 }
 
@@ -174,8 +166,6 @@ type config struct {
 type scriptData struct {
 	Package, Script, Template string
 	Service                   *Service
-	Restart                   []string
-	Interest                  string
 	Port                      string
 }
 
@@ -328,8 +318,7 @@ func writeScripts(tmpl *template.Template, out string, p Package, packager strin
 	paths := map[string]string{}
 	for name, s := range specs {
 		var buf bytes.Buffer
-		data := scriptData{Package: p.Name, Script: name, Template: s.template + ".tmpl", Service: p.Service,
-			Restart: s.restart, Interest: s.interest, Port: Port}
+		data := scriptData{Package: p.Name, Script: name, Template: s.template + ".tmpl", Service: p.Service, Port: Port}
 		if err := tmpl.ExecuteTemplate(&buf, s.template+".tmpl", data); err != nil {
 			return nil, fmt.Errorf("%s %s %s: %w", p.Name, packager, name, err)
 		}

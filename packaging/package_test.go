@@ -48,7 +48,6 @@ type expected struct {
 	conffiles                                []string
 	debScripts                               []string // control files
 	rpmScripts                               []string // rpm --scripts headers
-	trigger                                  string   // deb triggers file
 }
 
 func completions(cmd string) (all, deb, rpm map[string]string) {
@@ -88,7 +87,7 @@ func expectations() []expected {
 	pluginPkg := func(short, bin string) expected {
 		return expected{
 			name: "guest-agent-plugin-" + short, files: withPlugins(map[string]string{}, bin),
-			depends: []string{"guest-agent-plugin-abi-1"}, rpmScripts: []string{"postinstall", "postuninstall"},
+			depends: []string{"guest-agent-plugin-abi-1"},
 		}
 	}
 	xen := pluginPkg("xenstore", "exchange-xenstore")
@@ -106,7 +105,6 @@ func expectations() []expected {
 			conffiles:  []string{"/etc/guest-agent/agent.hcl"},
 			debScripts: []string{"postinst", "prerm", "postrm"},
 			rpmScripts: []string{"postinstall", "preuninstall", "postuninstall"},
-			trigger:    "interest-noawait /usr/lib/guest-agent/plugins",
 		},
 		{
 			name: "guestctl", files: ctlAll, debOnly: ctlDeb, rpmOnly: ctlRPM,
@@ -375,8 +373,9 @@ func TestDebPackages(t *testing.T) {
 				}
 			}
 			triggers, _ := os.ReadFile(filepath.Join(ctrl, "triggers"))
-			if got := strings.TrimSpace(string(triggers)); got != e.trigger {
-				t.Errorf("%s: triggers %q, want %q", base, got, e.trigger)
+			// None: the agents follow the plugin directory themselves.
+			if got := strings.TrimSpace(string(triggers)); got != "" {
+				t.Errorf("%s: dpkg triggers %q", base, got)
 			}
 		})
 	}
@@ -402,8 +401,6 @@ func TestDebCoreScripts(t *testing.T) {
 			"udevadm trigger --subsystem-match=virtio-ports --action=add",
 			"systemctl try-restart guest-agent.service",
 			"systemctl start guest-agent.service",
-			"triggered)",
-			"systemctl try-restart guest-agent.service guest-agent-xen.service",
 		},
 		"prerm":  {"remove|deconfigure)", "systemctl stop guest-agent.service"},
 		"postrm": {"purge)", "rm -rf /var/lib/guest-agent /run/guest-agent"},
@@ -763,7 +760,7 @@ func TestThirdPartyTemplate(t *testing.T) {
 	}
 	root := extract(t, dir)
 	work := t.TempDir()
-	for _, f := range []string{"nfpm.yaml", "restart-agents.sh"} {
+	for _, f := range []string{"nfpm.yaml"} {
 		b, err := os.ReadFile(filepath.Join("third-party", f))
 		if err != nil {
 			t.Fatal(err)
@@ -805,8 +802,9 @@ func TestThirdPartyTemplate(t *testing.T) {
 		t.Errorf("third-party rpm: requires %q", got)
 	}
 	checkFiles(t, filepath.Base(rpm), rpmFiles(t, rpm), e, nil)
-	if scripts := rpmQuery(t, rpm, "--scripts"); !strings.Contains(scripts, "systemctl try-restart guest-agent.service") {
-		t.Errorf("third-party rpm does not restart the agents:\n%s", scripts)
+	// No scripts: the agents take the plugin up by themselves.
+	if scripts := strings.TrimSpace(rpmQuery(t, rpm, "--scripts")); scripts != "" {
+		t.Errorf("third-party rpm has scripts:\n%s", scripts)
 	}
 	// And the packaged plugin's manifest describes the packaged binary.
 	into := t.TempDir()

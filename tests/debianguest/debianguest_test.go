@@ -138,6 +138,10 @@ func TestDebianGuest(t *testing.T) {
 		if err != nil || !info.Has(removedCommand) {
 			t.Fatalf("guest-info before the removal lists no %s: %v", removedCommand, err)
 		}
+		mainPID := func() string {
+			return strings.TrimSpace(vm.MustSh(t, "systemctl show -p MainPID --value "+service, 20*time.Second))
+		}
+		before := mainPID()
 		out, code := vm.Sh(t, "dpkg -r guest-agent-full "+removedPlugin, 2*time.Minute)
 		if code != 0 {
 			t.Fatalf("dpkg -r exited with %d:\n%s", code, out)
@@ -153,6 +157,11 @@ func TestDebianGuest(t *testing.T) {
 			}
 		}
 		report("plugin removal: %s gone from guest-info %s after dpkg -r", removedCommand, time.Since(removed).Round(100*time.Millisecond))
+		// Without a restart: the agent follows its plugin directory, and
+		// the hosts' sessions (a freeze, a running guest-exec) stay.
+		if after := mainPID(); after != before || before == "0" {
+			t.Errorf("removing a plugin package restarted the agent: MainPID %s, now %s", before, after)
+		}
 		if !info.Has("guest-get-host-name") || !info.Has("guest-exec") {
 			t.Errorf("guest-info lost the other plugins' commands: %+v", info)
 		}
