@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"os/signal"
+	"strings"
+	"sync/atomic"
 
 	pb "github.com/guest-agent/guest-agent/shared/gen/guestagentv1"
 	"golang.org/x/sys/unix"
@@ -22,6 +24,23 @@ func (e *Engine) watchHost(st *channelState, f *os.File, s *streamSession) {
 	if err != nil {
 		e.logger.Error("virtio-serial port: no descriptor", "channel", st.cfg.Name, "error", err)
 		return
+	}
+	var unplugged atomic.Bool
+	if path, ok := strings.CutPrefix(s.origin, "virtio-serial:"); ok {
+		stop, err := watchUnplug(path, f, func() {
+			e.logger.Warn("virtio-serial port unplugged", "channel", st.cfg.Name, "path", path)
+			unplugged.Store(true)
+			// The session's next read fails and it ends (a session
+			// waiting for a host is woken to read); the channel is then
+			// reopened (reopenChannel).
+			s.conn.Close()
+			s.hostEvent(true)
+		})
+		if err != nil {
+			e.logger.Warn("an unplugged port may go unnoticed while no host is connected", "channel", st.cfg.Name, "error", err)
+		} else {
+			defer stop()
+		}
 	}
 	poll := func() (up, data bool, err error) {
 		cerr := rc.Control(func(fd uintptr) {
@@ -69,6 +88,9 @@ func (e *Engine) watchHost(st *channelState, f *os.File, s *streamSession) {
 			select {
 			case <-s.done: // the session is over
 			default:
+				if unplugged.Load() {
+					return
+				}
 				e.logger.Error("virtio-serial port: lost the host watch", "channel", st.cfg.Name, "error", err)
 			}
 			return

@@ -17,6 +17,9 @@ const portID = "qgaport"
 // its host watch (hand_over_port), loses it; the exchange must wait for the
 // port to return, hand it over again and leave.
 func checkReplug(t *testing.T, vm *vmInstance) {
+	// No host connected: the parser waits for one after its EOF, where an
+	// unplug sends it no SIGIO (only the node's removal tells).
+	time.Sleep(time.Second)
 	if _, err := harness.QMP(vm.qmp, "device_del", map[string]any{"id": portID}); err != nil {
 		t.Fatalf("device_del: %v", err)
 	}
