@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -221,7 +220,7 @@ func FuzzServeConn(f *testing.F) {
 		}
 		served := make(chan struct{})
 		go func() {
-			serveConn(context.Background(), plugin, h, hclog.NewNullLogger(), new(atomic.Uint64))
+			serveConn(context.Background(), plugin, h, hclog.NewNullLogger(), nil)
 			close(served)
 		}()
 		// The parser's side reads every answer until the plugin closes.

@@ -39,20 +39,21 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, logger hclog.Logger)
 }
 
 // Server is a command plugin's side of the data plane: it accepts parser
-// connections and keeps count of them, so that the plugin can tell when no
-// parser needs it any more (Retire).
+// connections and keeps count of what runs on them, so that the plugin can
+// tell when nothing needs it (Retire).
 type Server struct {
 	Handler Handler
 	Logger  hclog.Logger
 
-	// served counts request frames read: Retire's proof that nothing ran
-	// while it asked the plugin whether it is busy.
-	served atomic.Uint64
+	// served counts request frames read, running the ones in progress:
+	// Retire's proof that nothing ran while it asked the plugin whether it
+	// is busy, and that nothing runs.
+	served  atomic.Uint64
+	running atomic.Int64
 
 	mu      sync.Mutex
 	ln      net.Listener
-	conns   int
-	changed chan struct{} // closed and replaced when conns changes
+	conns   map[*serverConn]struct{}
 	retired bool
 }
 
@@ -61,9 +62,6 @@ type Server struct {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	s.ln = ln
-	if s.changed == nil {
-		s.changed = make(chan struct{})
-	}
 	s.mu.Unlock()
 	go func() {
 		<-ctx.Done()
@@ -84,64 +82,84 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		backoff.Reset()
 		GrowSendBuffer(conn)
-		s.count(+1)
-		go func() {
-			defer s.count(-1)
-			serveConn(ctx, conn, s.Handler, s.Logger, &s.served)
-		}()
+		go serveConn(ctx, conn, s.Handler, s.Logger, s)
 	}
 }
 
-func (s *Server) count(delta int) {
+func (s *Server) track(sc *serverConn, open bool) {
+	if s == nil {
+		return
+	}
 	s.mu.Lock()
-	s.conns += delta
-	if s.changed != nil {
-		close(s.changed)
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = map[*serverConn]struct{}{}
 	}
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
+	if open {
+		s.conns[sc] = struct{}{}
+	} else {
+		delete(s.conns, sc)
+	}
 }
 
-// Retire closes the listener for good once no parser connection is open
-// and idle reports the plugin idle (an empty reason), so that no request
-// can reach the plugin after it agreed to leave. It waits up to wait for
-// connections a parser has just closed to be seen closed. A parser that
-// dials afterwards is refused and asks the supervisor, which starts a new
-// process. It returns why the plugin stays, or "" when it retired.
+// quiet reports whether nothing runs and no read-ahead run waits to be
+// settled on any connection: a parser still connected but idle holds no
+// state the plugin would lose.
+func (s *Server) quiet() bool {
+	if s.running.Load() != 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sc := range s.conns {
+		sc.mu.Lock()
+		n := len(sc.tickets)
+		sc.mu.Unlock()
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// retirePoll is how often Retire looks again while a request finishes.
+const retirePoll = 10 * time.Millisecond
+
+// Retire closes the listener for good once nothing runs, no read-ahead run
+// is unsettled and idle reports the plugin idle (an empty reason), so that
+// no new parser connection reaches the plugin after it agreed to leave; the
+// plugin is then stopped, and a parser's idle connection simply ends. It
+// waits up to wait for requests in progress to finish. It returns why the
+// plugin stays, or "" when it retired.
 func (s *Server) Retire(wait time.Duration, idle func() string) string {
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
+	deadline := time.Now().Add(wait)
 	for {
 		s.mu.Lock()
-		if s.ln == nil || s.retired {
-			s.mu.Unlock()
+		gone := s.ln == nil || s.retired
+		s.mu.Unlock()
+		if gone {
 			return "no data plane"
 		}
-		if s.conns == 0 {
+		if s.quiet() {
 			served := s.served.Load()
-			s.mu.Unlock()
 			// Outside the lock: the plugin's own busy check may take
 			// its own locks. A request in between shows in served.
 			if why := idle(); why != "" {
 				return why
 			}
 			s.mu.Lock()
-			if s.conns == 0 && s.served.Load() == served {
+			if s.served.Load() == served && s.running.Load() == 0 {
 				s.retired = true
 				s.ln.Close()
 				s.mu.Unlock()
 				return ""
 			}
 			s.mu.Unlock()
-			continue
 		}
-		changed := s.changed
-		s.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline.C:
-			return "a parser is connected"
+		if time.Now().After(deadline) {
+			return "a command is running"
 		}
+		time.Sleep(retirePoll)
 	}
 }
 
@@ -198,7 +216,7 @@ func (sc *serverConn) loseAll() {
 	}
 }
 
-func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logger, served *atomic.Uint64) {
+func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logger, srv *Server) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer conn.Close()
@@ -207,6 +225,8 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 		conn.Close()
 	}()
 	sc := &serverConn{conn: conn, cancel: cancel, logger: logger, tickets: map[uint64]*Ticket{}}
+	srv.track(sc, true)
+	defer srv.track(sc, false)
 	defer sc.loseAll()
 	r := bufio.NewReaderSize(conn, 64<<10)
 	var rscratch []byte
@@ -228,7 +248,10 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 			continue
 		}
 		req.Blob = blob
-		served.Add(1)
+		if srv != nil {
+			srv.served.Add(1)
+			srv.running.Add(1)
+		}
 		runCtx := ctx
 		if req.ReadAhead != 0 {
 			t := &Ticket{conn: sc, token: req.ReadAhead, after: req.ReadAheadAfter, done: make(chan struct{})}
@@ -248,6 +271,9 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, logger hclog.Logge
 			}
 			resp.Id = req.Id
 			sc.respond(resp, reply.Blobs)
+			if srv != nil {
+				srv.running.Add(-1)
+			}
 			if reply.Done != nil {
 				reply.Done()
 			}

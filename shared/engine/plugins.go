@@ -68,6 +68,8 @@ type pluginConn struct {
 	// after the last one ended (one timer, armed only by use).
 	inFlight int
 	idle     *time.Timer
+	// releasing is closed when a release under way has its answer.
+	releasing chan struct{}
 }
 
 // begin counts a call; the plugin is not idle while it runs.
@@ -98,37 +100,46 @@ func (pc *pluginConn) end() {
 	}
 }
 
-// release closes the connection of a plugin idle for plugin_idle_exit and
-// tells the supervisor, which stops the plugin unless it is busy (holds a
-// child, a handle, a freeze). Its next command dials through the
-// supervisor again (EnsureStarted), which starts it anew if it left.
+// release asks the supervisor to stop a plugin idle for plugin_idle_exit;
+// the plugin stays if it holds something a later command needs (a child,
+// a handle, a freeze) or has read-ahead runs to settle. The connection
+// stays open while that is decided, so a plugin that stays keeps its state
+// on it; calls meanwhile wait for the answer (releasing), then either use
+// the connection again or have the supervisor start a new process.
 func (pc *pluginConn) release() {
+	host := pc.engine.hostClient()
 	pc.mu.Lock()
-	if pc.inFlight > 0 || pc.conn == nil {
+	if pc.inFlight > 0 || pc.conn == nil || pc.releasing != nil || host == nil {
 		pc.mu.Unlock()
 		return
 	}
 	conn := pc.conn
-	pc.conn, pc.released = nil, true
+	done := make(chan struct{})
+	pc.releasing = done
 	pc.mu.Unlock()
-	conn.Close()
-	host := pc.engine.hostClient()
-	if host == nil {
-		return
-	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	resp, err := host.Release(ctx, &pb.ReleaseRequest{Plugin: pc.name})
-	// What the connection and its calls held goes back to the system
-	// with the next memory return (one timer), as after a transfer.
-	pc.engine.memory.BulkDone()
+	stopped := err == nil && resp.Stopped
+	pc.mu.Lock()
+	if stopped && pc.conn == conn {
+		pc.conn, pc.released = nil, true
+	}
+	pc.releasing = nil
+	close(done)
+	pc.mu.Unlock()
 	switch {
 	case err != nil:
 		pc.engine.logger.Debug("idle plugin not released", "plugin", pc.name, "error", err)
-	case resp.Stopped:
+	case stopped:
+		conn.Close()
+		// What the connection and its calls held goes back to the system
+		// with the next memory return (one timer), as after a transfer.
+		pc.engine.memory.BulkDone()
 		pc.engine.logger.Debug("idle plugin released and stopped", "plugin", pc.name)
 	default:
-		pc.engine.logger.Debug("idle plugin released; it stays (busy)", "plugin", pc.name)
+		pc.engine.logger.Debug("idle plugin stays (busy)", "plugin", pc.name)
 	}
 }
 
@@ -169,6 +180,18 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 	host := pc.engine.hostClient()
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
+	for pc.releasing != nil {
+		// The supervisor is deciding whether the plugin stops.
+		wait := pc.releasing
+		pc.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			pc.mu.Lock()
+			return nil, ctx.Err()
+		}
+		pc.mu.Lock()
+	}
 	if pc.conn != nil {
 		select {
 		case <-pc.conn.Done():

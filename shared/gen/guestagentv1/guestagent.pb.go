@@ -1105,14 +1105,14 @@ func (x *RunResponse) GetReadAheadResults() []*ReadAheadResult {
 
 // Added in 1.3. The supervisor asks an idle command plugin to leave (idle
 // exit): a plugin that holds state a later command needs (a running child,
-// an open handle, a freeze, a key) is busy and stays. A plugin that agrees
-// first stops taking data plane connections, so no request can reach it
-// after its answer; the supervisor then stops it, and the next command
+// an open handle, a freeze, a key, an unsettled read-ahead run) is busy and
+// stays. A plugin that agrees first stops taking data plane connections;
+// the parser that asked sends nothing until the answer, so no request can
+// reach it after; the supervisor then stops it, and the next command
 // starts it again.
 type RetireRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How long to wait for data plane connections its parsers just closed to
-	// be seen closed before answering.
+	// How long to wait for requests in progress to finish before answering.
 	DrainWaitMs   int64 `protobuf:"varint,1,opt,name=drain_wait_ms,json=drainWaitMs,proto3" json:"drain_wait_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2458,8 +2458,9 @@ func (x *EnsureStartedResponse) GetDataplaneSocket() string {
 	return ""
 }
 
-// Added in 1.3. The parser no longer needs the plugin (idle exit): it has
-// closed its data plane connection to it.
+// Added in 1.3. The parser no longer needs the plugin (idle exit): it
+// sends nothing to it until the answer, and closes its data plane
+// connection when the plugin was stopped.
 type ReleaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Plugin        string                 `protobuf:"bytes,1,opt,name=plugin,proto3" json:"plugin,omitempty"`

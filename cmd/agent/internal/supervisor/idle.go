@@ -10,13 +10,13 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// retireDrainWait is how long a plugin waits for the data plane connection
-// its parser has just closed to be seen closed before it answers Retire.
+// retireDrainWait is how long a plugin waits for requests in progress to
+// finish before it answers Retire.
 const retireDrainWait = time.Second
 
-// Release is a parser's word that it has closed its data plane connection
-// to an idle command plugin: the plugin is stopped unless it is busy, and
-// its next command starts it again (EnsureStarted).
+// Release is a parser's word that it no longer needs an idle command
+// plugin: the plugin is stopped unless it is busy, and its next command
+// starts it again (EnsureStarted).
 func (h *hostServer) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
 	m, err := h.commandPlugin(req.Plugin)
 	if err != nil {
