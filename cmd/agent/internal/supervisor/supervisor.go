@@ -582,11 +582,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 		}
 	}
+	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(rpcplugin.CoreCommands()))
 	// Start-up garbage (TLS certificates, plugin handshakes) and the pages
 	// of the binary start-up brought in go back to the system once, now,
-	// rather than held while the agent idles.
+	// rather than held while the agent idles (after the line above: ready
+	// is ready, and plugins learnt in the background log after it).
 	procmem.ReturnIdle()
-	s.logger.Info("agent ready", "channels", len(s.channels), "plugins", len(s.plugins), "commands", len(s.routes)+len(rpcplugin.CoreCommands()))
 	<-ctx.Done()
 	return nil
 }
