@@ -85,7 +85,7 @@ func writeBlocks(t *testing.T, dir string) bool {
 // must keep serving (also a parser and a cmd-system restarted while frozen),
 // guest-info must list what is refused as disabled, and the thaw must work.
 func TestFreezeWithStateDirOnFrozenFS(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	state := filepath.Join(mnt, "state")
 	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state})
 	c := harness.MustDial(t, a.Socket)
@@ -139,7 +139,7 @@ func TestFreezeWithStateDirOnFrozenFS(t *testing.T) {
 // afterwards with the same state directory must not believe the guest is
 // frozen (libvirt's domtime failed after a reset).
 func TestFrozenFlagDoesNotSurviveReboot(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	dir := harness.ShortTempDir(t)
 	state := filepath.Join(dir, "state")
 	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state, RuntimeDir: filepath.Join(dir, "run-boot1")})
@@ -168,7 +168,7 @@ func TestFrozenFlagDoesNotSurviveReboot(t *testing.T) {
 // A host that froze the guest and went away must not leave it frozen for
 // ever: past limits.fsfreeze_max the agent thaws on its own and says why.
 func TestFreezeDeadlineThaws(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	a, sock := startAgentConfig(t, `limits { fsfreeze_max = "2s" }`)
 	c := harness.MustDial(t, sock)
 	start := time.Now()
@@ -206,7 +206,7 @@ func TestFreezeDeadlineThaws(t *testing.T) {
 func TestThawOnDisconnect(t *testing.T) {
 	for _, thaw := range []bool{true, false} {
 		t.Run(fmt.Sprintf("thaw_on_disconnect=%v", thaw), func(t *testing.T) {
-			mnt := loopFS(t)
+			mnt := harness.LoopFS(t)
 			sock := harness.ShortTempDir(t) + "/qga.sock"
 			harness.StartAgent(t, harness.Options{PluginDir: pluginDir, Config: fmt.Sprintf(`
 channel "qga" {

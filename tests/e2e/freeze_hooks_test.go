@@ -40,7 +40,7 @@ func wantHookLog(t *testing.T, path, what string, want ...string) {
 // fails its freeze fails the freeze with an error naming it, nothing stays
 // frozen, and the hooks that ran are thawed in reverse.
 func TestFreezeHookDirAroundRealFreeze(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	base := t.TempDir()
 	dir, hookLog := filepath.Join(base, "freeze.d"), filepath.Join(base, "hooks.log")
 	if err := os.Mkdir(dir, 0o755); err != nil {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -12,39 +11,12 @@ import (
 	"github.com/guest-agent/guest-agent/tests/harness"
 )
 
-// loopFS mounts a fresh ext4 image and returns its mountpoint; cleanup thaws
-// it (whatever the test left) and unmounts it.
-func loopFS(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a loop device")
-	}
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4 (e2fsprogs): %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount -o loop: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("fsfreeze", "--unfreeze", mnt).Run() // EINVAL when not frozen
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt
-}
-
 // The guest frozen, then the parser killed, then the whole agent killed and
 // started again (same boot: same runtime directory): each time the commands
 // that are not allowed while frozen stay refused, as with a qemu-ga
 // restarted after a crash, until guest-fsfreeze-thaw.
 func TestFrozenStateSurvivesRestarts(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	dir := harness.ShortTempDir(t)
 	state, runtime := filepath.Join(dir, "state"), filepath.Join(dir, "run")
 	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir, StateDir: state, RuntimeDir: runtime})
@@ -85,7 +57,7 @@ func TestFrozenStateSurvivesRestarts(t *testing.T) {
 // An agent stopped cleanly while the guest is frozen thaws it first, as
 // qemu-ga does on exit: nobody could ask a stopped agent to thaw.
 func TestCleanStopThaws(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	a := harness.StartAgent(t, harness.Options{PluginDir: pluginDir})
 	c := harness.MustDial(t, a.Socket)
 	if n := freezeList(t, c, mnt); n != 1 {

@@ -91,33 +91,6 @@ func mustJSON(t *testing.T, b []byte, v any) {
 	}
 }
 
-// loopFS mounts a fresh ext4 image for freezing (never the machine's own
-// filesystems) and unmounts it at the end, thawed whatever happened.
-func loopFS(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a loop device")
-	}
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount -o loop: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		_ = exec.Command("fsfreeze", "--unfreeze", mnt).Run()
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-	return mnt
-}
-
 func fsfreezeStatus(t *testing.T, socket string) string {
 	t.Helper()
 	var st string
@@ -128,7 +101,7 @@ func fsfreezeStatus(t *testing.T, socket string) string {
 // TestFreezeThaw: freeze and thaw, and freeze --for that thaws on its own
 // and on SIGINT, each on a loop-mounted filesystem.
 func TestFreezeThaw(t *testing.T) {
-	mnt := loopFS(t)
+	mnt := harness.LoopFS(t)
 	forBoth(t, harness.Options{}, func(t *testing.T, tg target) {
 		r := mustRun(t, "-s", tg.socket, "freeze", "--mountpoint", mnt)
 		if r.stdout != "frozen 1 filesystems (thaw with guestctl thaw)\n" || fsfreezeStatus(t, tg.socket) != "frozen" {
