@@ -86,7 +86,7 @@ func (pc *pluginConn) begin() {
 func (pc *pluginConn) end() {
 	// The engine's lock before the connection's, never inside it:
 	// Configure holds the engine's while it sets sockets.
-	after, host := pc.engine.idleExit(), pc.engine.hostClient()
+	after, host := pc.engine.idleRelease()
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	pc.inFlight--
@@ -234,11 +234,13 @@ func (pc *pluginConn) client(ctx context.Context) (*dataplane.Client, error) {
 	}
 }
 
-// idleExit is plugin_idle_exit: 0 keeps plugins.
-func (e *Engine) idleExit() time.Duration {
+// idleRelease returns plugin_idle_exit (0 keeps plugins) and the
+// supervisor to release plugins through, in one look (every plugin call
+// ends with it).
+func (e *Engine) idleRelease() (time.Duration, pb.HostClient) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	return e.limits.pluginIdleExit
+	return e.limits.pluginIdleExit, e.host
 }
 
 func (e *Engine) hostClient() pb.HostClient {
